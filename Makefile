@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh clone:
+#   make demo   create .venv, install pinned dependencies, train + evaluate on the built-in synthetic data
+#   make test   the same .venv plus the test extras, then pytest
+# Stamp files make re-runs skip installs that are already done; they are redone when
+# setup.cfg or the constraints change.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+CONSTRAINTS := requirements/constraints.txt
+DEMO_DIR ?= runs/demo
+DATA_DIR ?= data/synthetic
+PYTEST_ARGS ?=
+
+.PHONY: demo test install install-test lock clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24" setuptools wheel
+
+$(VENV)/.stamp-base: $(VENV)/bin/python setup.cfg pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-base
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[test,parity]'
+	touch $@
+
+install: $(VENV)/.stamp-base
+install-test: $(VENV)/.stamp-test
+
+demo: $(VENV)/.stamp-base
+	$(PY) scripts/demo.py --data_dir $(DATA_DIR) --workdir $(DEMO_DIR)
+
+test: $(VENV)/.stamp-test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Rewrite the constraints from the current .venv after a deliberate upgrade.
+lock: $(VENV)/.stamp-test
+	{ sed -n '1,/^# Regenerate/p' $(CONSTRAINTS); $(PIP) freeze --exclude-editable | sed 's/+cpu$$//'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

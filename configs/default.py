@@ -1,0 +1,117 @@
+"""Default FACENet configuration: the paper's ResNet50 model with the paper's recipe.
+
+Every experiment config starts from this one and overrides a few fields. Run with:
+
+    python scripts/train.py --config configs/default.py --workdir runs/default \
+        --config.data.root=/path/to/WMVeID863
+
+Groups: data, model, loss, optim, train, eval. Derived values (steps per epoch, number of
+classes) are computed at run time and logged, never stored here.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # ---------------------------------------------------------------- data
+  data = config.data = ml_collections.ConfigDict()
+  data.dataset = 'wmveid863'        # 'wmveid863' | 'rgbnt100' | 'msvr310' | 'synthetic'
+  data.root = ''                    # dataset root on local disk (never downloaded)
+  data.source = 'folder'            # 'folder': read the image tree; 'tfds': read prepared TFDS shards
+  data.tfds_data_dir = ''           # where `tfds` keeps prepared shards ('' = TFDS default)
+  data.image_size = (256, 128)      # (H, W) network input; the paper says 128x256, WMVeID863 code 256x128
+  data.num_ids_per_batch = 8        # P: distinct identities per training batch
+  data.num_instances = 4            # K: triplets per identity in a batch (P x K = global batch)
+  data.eval_batch_size = 64         # query/gallery batch (padded, with a mask)
+  data.num_val_ids = 0              # training ids held out as a validation split for model selection
+  data.flare_rule = 'paper'         # 'paper': >10% of values in [250,255], per modality;
+                                    # 'official': >=9.5% in the image's own top 2%, RGB and NI jointly
+  data.shared_augmentation = True   # one random flip/crop for all three modalities (keeps them aligned);
+                                    # False draws per modality as the official code does
+  data.hflip_prob = 0.5             # horizontal flip probability
+  data.pad_pixels = 10              # zero padding before the random crop
+  data.random_erasing_prob = 0.0    # random erasing (official configs set 0.5 but it is commented out)
+  data.mean = (0.5, 0.5, 0.5)       # normalisation mean (official configs), same for all modalities
+  data.std = (0.5, 0.5, 0.5)        # normalisation std
+  data.cache_images = True          # keep decoded uint8 images in memory after the first read
+  data.num_parallel_calls = -1      # tf.data map parallelism (-1 = AUTOTUNE)
+  data.prefetch_batches = 2         # batches prefetched ahead of the train step
+  data.seed = 0                     # sampler / augmentation seed (the model seed is train.seed)
+
+  # ---------------------------------------------------------------- model
+  model = config.model = ml_collections.ConfigDict()
+  model.backbone = 'resnet'         # 'resnet' (paper) | 'vit_b16' (official code)
+  model.depth = 50                  # ResNet depth: 18 | 34 | 50 | 101
+  model.last_stride = 1             # stride of the last ResNet stage (re-id uses 1)
+  model.dtype = 'float32'           # computation dtype: 'float32' | 'bfloat16' (params stay float32)
+  model.pretrained_path = ''        # converted ImageNet weights for all three streams ('' = random init)
+  model.mfmp = True                 # Mutual Flare Mask Prediction (SMP + FMI), paper Sec. 3.2
+  model.fmi = True                  # FMI on: masks from the joint RGB+NI feature; off: SMP per modality
+  model.fce = True                  # Flare-aware Cross-modal Enhancement, Eq. 7
+  model.plugin_layer = 4            # ResNet stage after which MFMP/FCE act (paper Table 4: 1..4)
+  model.fmi_hidden_ratio = 0.25     # FMI conv-stack width as a fraction of C (paper silent)
+  model.mask_estimator = 'sigmoid'  # how Delta gets a gradient: 'sigmoid' relaxation | 'straight_through'
+  model.mask_temperature = 1.0      # temperature of the relaxed mask sigmoid((m - Delta) / T)
+  model.test_time_fce = True        # apply FCE at test time, gated by each sample's own pseudo-label
+  model.neck_feat = 'before'        # test embedding from features 'before' or 'after' the BNNeck
+  # Official-code bugs, reproduced only when switched on explicitly.
+  model.bug_rgb_uses_ni_mask = False   # RGB keeps f_R * (1 - M_N) instead of (1 - M_R)
+  model.bug_batch_level_gating = False # enhance the whole batch when any sample is flared
+  model.bug_dead_threshold = False     # hard mask 1[m > 0]: Delta never learns
+
+  # ---------------------------------------------------------------- loss
+  loss = config.loss = ml_collections.ConfigDict()
+  loss.id_weight = 1.0              # cross-entropy per branch
+  loss.label_smoothing = 0.0        # epsilon of label-smoothed CE (official configs: off)
+  loss.triplet_weight = 1.0         # batch-hard triplet per branch
+  loss.triplet_margin = 0.3         # hinge margin m (paper silent; 0.3 as in the code's SOLVER.MARGIN)
+  loss.triplet_soft_margin = False  # soft-margin log(1 + exp(d_ap - d_an)) as the official code
+  loss.triplet_normalize = False    # L2-normalise features before mining
+  loss.flare_weight = 1.0           # weight of the flare loss L_f (Eq. 1)
+  loss.flare_loss = 'bce'           # 'bce': 2-way CE on the pseudo-label (paper);
+                                    # 'official_kl': min-direction KL between RGB and NI flare heads
+  loss.ic = True                    # Inter-modality Consistency loss (Eq. 8)
+  loss.ic_weight = 1.0              # weight of L_IC
+  loss.ic_variant = 'paper'         # 'paper': KLmin(R, N), per-sample mean;
+                                    # 'official': KLmin(R, N) + KLmin(T, N), mean over B x classes
+  loss.relation = 'none'            # paper Table 5 alternatives: 'none' | '3m' | 'cdc' | 'hc'
+  loss.relation_weight = 1.0        # weight of the relation loss
+
+  # ---------------------------------------------------------------- optim
+  optim = config.optim = ml_collections.ConfigDict()
+  optim.optimizer = 'adam'          # 'adam' (paper) | 'sgd' (official code)
+  optim.base_lr = 3.5e-4            # paper: 3.5e-4
+  optim.schedule = 'multistep'      # 'multistep' (paper) | 'cosine' (official, with linear warmup)
+  optim.decay_epochs = (40, 70)     # multistep: epochs where the LR is multiplied by decay_factor
+  optim.decay_factor = 0.1
+  optim.warmup_epochs = 0           # linear warmup length (official: 5 / 10 / 100)
+  optim.weight_decay = 5e-4         # L2 weight decay (paper silent; strong-baseline value)
+  optim.momentum = 0.9              # SGD momentum
+  optim.bias_lr_factor = 1.0        # LR multiplier for biases (official: 2)
+  optim.grad_clip_norm = 0.0        # global-norm clipping (0 = off)
+
+  # ---------------------------------------------------------------- train
+  train = config.train = ml_collections.ConfigDict()
+  train.num_epochs = 120            # paper: 120
+  train.seed = 1234                 # model init / dropout seed (official SOLVER.SEED)
+  train.log_every_steps = 20        # official LOG_PERIOD
+  train.checkpoint_every_steps = 200  # also saved at every epoch end and at the end of training
+  train.keep_checkpoints = 3        # keep the last N step checkpoints (the best is kept separately)
+  train.eval_every_epochs = 10      # validation (and test) evaluation period
+  train.max_steps = 0               # stop after this many steps (0 = num_epochs x steps per epoch)
+  train.distributed = False         # call jax.distributed.initialize() (multi-host)
+
+  # ---------------------------------------------------------------- eval
+  eval_ = config.eval = ml_collections.ConfigDict()
+  eval_.distance = 'euclidean_normalized'  # 'euclidean_normalized' (official) | 'euclidean' | 'cosine'
+  eval_.protocol = 'camera'         # junk rule: same pid & 'camera' (Market-1501) or same pid & 'scene'
+  eval_.max_rank = 50               # CMC length
+  eval_.query_chunk_size = 1024     # distances are computed this many queries at a time
+  eval_.rerank = False              # k-reciprocal re-ranking
+  eval_.rerank_k1 = 20
+  eval_.rerank_k2 = 6
+  eval_.rerank_lambda = 0.3
+
+  return config

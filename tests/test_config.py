@@ -1,0 +1,73 @@
+"""Configs load, are grouped as the house style says, and reject override typos."""
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import pytest
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
+CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob('*.py') if not p.name.startswith('_'))
+GROUPS = {'data', 'model', 'loss', 'optim', 'train', 'eval'}
+
+
+def _load(path: pathlib.Path) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.name)
+def test_every_config_has_the_six_groups_and_a_command_in_its_docstring(path):
+  config = _load(path)
+  assert set(config.keys()) == GROUPS
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert 'python scripts/train.py --config configs/' in module.__doc__
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.name)
+def test_every_config_keeps_the_default_schema(path):
+  """Experiment configs override values; they never invent or drop fields."""
+  default = _load(CONFIG_DIR / 'default.py')
+  config = _load(path)
+  for group in GROUPS:
+    assert set(config[group].keys()) == set(default[group].keys()), group
+
+
+def _run_train_script(*args):
+  return subprocess.run(
+      [sys.executable, 'scripts/train.py', '--config', 'configs/default.py', '--dry_run', *args],
+      cwd=CONFIG_DIR.parent, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_train_script_prints_the_resolved_config_with_overrides():
+  result = _run_train_script('--config.model.depth=18', '--config.optim.base_lr=0.01')
+  assert result.returncode == 0, result.stderr
+  assert 'depth: 18' in result.stdout
+  assert 'base_lr: 0.01' in result.stdout
+
+
+def test_unknown_override_key_is_rejected_with_a_message_naming_the_key():
+  result = _run_train_script('--config.model.dpth=18')
+  assert result.returncode != 0
+  assert 'dpth' in result.stderr
+  assert 'Did you mean "depth"' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_override_of_the_wrong_type_is_rejected_naming_the_field():
+  result = _run_train_script('--config.model.depth=fifty')
+  assert result.returncode != 0
+  assert 'config.model.depth' in result.stderr
+
+
+def test_jax_sees_several_simulated_cpu_devices():
+  devices = jax.devices()
+  assert len(devices) >= 2
+  assert all(d.platform == 'cpu' for d in devices)
