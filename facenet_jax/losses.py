@@ -1,0 +1,526 @@
+"""FACENet training losses: pure, jit-able functions of arrays.
+
+Every function casts its inputs to float32 first, so bfloat16 model outputs are reduced in float32.
+Batches are P x K (P identities, K rows each), but no function here relies on that: identity
+structure is always read from `labels` through masks, so uneven or shuffled batches work too.
+
+Paper terms (Sec. 3): per-branch identity CE (Eq. 9) and batch-hard triplet (Eq. 11), the flare
+loss L_f (Eq. 1), the Inter-modality Consistency loss L_IC (Eq. 8), their sum (Eq. 13). The
+official code's variants (soft-margin triplet, KL flare-head term, "MC" loss with the TI-NI term)
+and the Table 5 relation losses (3M, CdC, HC) are selected by `config.loss` fields in
+`total_loss`.
+"""
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+MODALITIES = ('rgb', 'ni', 'ti')
+
+# The official triplet code clamps squared distances here before the square root. It also keeps
+# the gradient of sqrt finite when two features coincide (the clamp cuts the gradient there).
+SQUARED_DISTANCE_FLOOR = 1e-12
+# L2 normalisation x / (||x|| + eps), as the official `normalize` helper.
+NORMALIZE_EPS = 1e-12
+
+# Table 5 relation losses: margins of the losses they come from.
+THREE_M_MARGIN = 3.0   # 3M loss [28] as the official code instantiates it (margin 3, squared L2)
+CDC_MARGIN = 0.1       # CdC loss [34] (margin 0.1, squared L2)
+
+
+def _check_labels(labels: Array, num_rows: int, name: str = 'labels') -> None:
+  if labels.ndim != 1 or labels.shape[0] != num_rows:
+    raise ValueError(
+        f'{name} must have shape [B] = [{num_rows}], got {tuple(labels.shape)}')
+
+
+def _check_matrix(x: Array, name: str) -> None:
+  if x.ndim != 2:
+    raise ValueError(f'{name} must have shape [B, D], got {tuple(x.shape)}')
+
+
+def _check_pair(a: Array, b: Array, name_a: str, name_b: str) -> None:
+  _check_matrix(a, name_a)
+  _check_matrix(b, name_b)
+  if a.shape != b.shape:
+    raise ValueError(
+        f'{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and '
+        f'{tuple(b.shape)}')
+
+
+# ------------------------------------------------------------------------------ classification
+
+
+def cross_entropy_loss(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:
+  """Mean cross-entropy with optional label smoothing (Eq. 9, averaged over the batch).
+
+  Smoothed targets are q = (1 - eps) * onehot(y) + eps / K, the loss is mean_b sum_k -q_k log p_k,
+  which is both torch's `cross_entropy(label_smoothing=eps)` and the official
+  `CrossEntropyLabelSmooth`.
+
+  Args:
+    logits: [B, K] class scores.
+    labels: [B] int class indices in [0, K).
+    label_smoothing: eps in [0, 1).
+
+  Returns:
+    Scalar float32 loss.
+  """
+  _check_matrix(logits, 'logits')
+  _check_labels(labels, logits.shape[0])
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
+  logits = logits.astype(jnp.float32)
+  num_classes = logits.shape[-1]
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if label_smoothing > 0.0:
+    targets = (1.0 - label_smoothing) * targets + label_smoothing / num_classes
+  return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
+
+
+def top1_accuracy(logits: Array, labels: Array) -> Array:
+  """Fraction of rows whose arg-max class equals the label. logits [B, K], labels [B]."""
+  return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+
+
+# ------------------------------------------------------------------------------ triplet
+
+
+def l2_normalize(x: Array) -> Array:
+  """Rows of x [B, D] divided by (their L2 norm + 1e-12), as the official helper."""
+  return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + NORMALIZE_EPS)
+
+
+def pairwise_euclidean_distance(x: Array) -> Array:
+  """D_ij = sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 1e-12)) for x [B, D]; returns [B, B].
+
+  The expanded form and the clamp follow the official code, so the diagonal is 1e-6, not 0.
+  """
+  x = x.astype(jnp.float32)
+  sq_norms = jnp.sum(x * x, axis=-1)
+  sq = sq_norms[:, None] + sq_norms[None, :] - 2.0 * (x @ x.T)
+  return jnp.sqrt(jnp.maximum(sq, SQUARED_DISTANCE_FLOOR))
+
+
+def hardest_pair_distances(distances: Array, labels: Array) -> tuple[Array, Array, Array]:
+  """Batch-hard mining over the whole batch.
+
+  Args:
+    distances: [B, B] pairwise distances.
+    labels: [B] identity labels.
+
+  Returns:
+    (d_ap, d_an, has_negative), each [B]: the largest distance to a row with the same label
+    (the anchor itself included, as in the official code), the smallest distance to a row with a
+    different label, and whether the anchor has any negative at all. Masked max/min: anchors may
+    have different numbers of positives. Where there is no negative, d_an is 0.
+  """
+  same = labels[:, None] == labels[None, :]
+  d_ap = jnp.max(jnp.where(same, distances, -jnp.inf), axis=1)
+  has_negative = jnp.any(~same, axis=1)
+  d_an = jnp.min(jnp.where(same, jnp.inf, distances), axis=1)
+  # Replace the +inf of negative-free anchors so nothing downstream sees inf (nor its gradient).
+  d_an = jnp.where(has_negative, d_an, 0.0)
+  return d_ap, d_an, has_negative
+
+
+def batch_hard_triplet_loss(features: Array, labels: Array, margin: float | None,
+                            normalize: bool = False) -> Array:
+  """Batch-hard triplet loss (Eq. 11), averaged over anchors.
+
+  For anchor i: d_ap = max_{j: y_j = y_i} D_ij (self included), d_an = min_{j: y_j != y_i} D_ij,
+  with the Euclidean D of `pairwise_euclidean_distance`.
+    margin m:      mean_i max(0, m + d_ap - d_an)          (paper; hinge)
+    margin None:   mean_i log(1 + exp(d_ap - d_an))        (official code's soft margin)
+  The paper writes a sum over anchors; we take the mean (the official code and torch's
+  MarginRankingLoss / SoftMarginLoss do), which only rescales the loss by B.
+  Anchors without any negative (a batch of one identity) are left out of the mean; the loss is 0
+  when no anchor has a negative.
+
+  Args:
+    features: [B, D] embeddings (the official code uses the pre-BNNeck features).
+    labels: [B] identity labels.
+    margin: hinge margin, or None for the soft margin.
+    normalize: L2-normalise the rows before computing distances.
+
+  Returns:
+    Scalar float32 loss.
+  """
+  _check_matrix(features, 'features')
+  _check_labels(labels, features.shape[0])
+  features = features.astype(jnp.float32)
+  if normalize:
+    features = l2_normalize(features)
+  d_ap, d_an, has_negative = hardest_pair_distances(
+      pairwise_euclidean_distance(features), labels)
+  if margin is None:
+    per_anchor = jax.nn.softplus(d_ap - d_an)  # log(1 + exp(x)), overflow-safe
+  else:
+    per_anchor = jax.nn.relu(margin + d_ap - d_an)
+  valid = has_negative.astype(jnp.float32)
+  return jnp.sum(per_anchor * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+# ------------------------------------------------------------------------------ KL terms
+
+
+def _mean_kl(log_p: Array, log_q: Array, reduction: str) -> Array:
+  """Batch-aggregated KL(p || q) from log-probabilities [B, K].
+
+  reduction 'batchmean': sum over classes, mean over rows (per-sample KL averaged).
+  reduction 'mean': sum over everything divided by B * K (torch `kl_div`'s default 'mean').
+  """
+  elementwise = jnp.exp(log_p) * (log_p - log_q)
+  if reduction == 'batchmean':
+    return jnp.mean(jnp.sum(elementwise, axis=-1))
+  if reduction == 'mean':
+    return jnp.mean(elementwise)
+  raise ValueError(f"reduction must be 'batchmean' or 'mean', got {reduction!r}")
+
+
+def kl_min(logits_a: Array, logits_b: Array, reduction: str = 'batchmean') -> Array:
+  """min(KL(p_a || p_b), KL(p_b || p_a)) of batch-aggregated scalars, p = softmax(logits).
+
+  Each direction is reduced over the batch first (see `_mean_kl` for `reduction`), then the
+  smaller scalar is taken, so the gradient flows through one direction only, as with the
+  official code's Python `min`. Log-probabilities come from log_softmax rather than the official
+  log(softmax(.)), which agrees where the latter is finite and avoids log(0) = -inf.
+
+  Args:
+    logits_a, logits_b: [B, K] logits.
+    reduction: 'batchmean' (paper Eq. 8 per-sample KL, averaged) or 'mean' (torch kl_div default).
+
+  Returns:
+    Scalar float32.
+  """
+  _check_pair(logits_a, logits_b, 'logits_a', 'logits_b')
+  log_a = jax.nn.log_softmax(logits_a.astype(jnp.float32), axis=-1)
+  log_b = jax.nn.log_softmax(logits_b.astype(jnp.float32), axis=-1)
+  kl_ab = _mean_kl(log_a, log_b, reduction)
+  kl_ba = _mean_kl(log_b, log_a, reduction)
+  # `where` routes the whole gradient to the chosen direction (jnp.minimum would split it at ties).
+  return jnp.where(kl_ab <= kl_ba, kl_ab, kl_ba)
+
+
+def ic_loss(logits_a: Array, logits_b: Array) -> Array:
+  """Inter-modality Consistency loss, paper Eq. 8, between two branches' class scores.
+
+  L_IC = min(mean_b sum_i a_b(i) log(a_b(i) / n_b(i)), mean_b sum_i n_b(i) log(n_b(i) / a_b(i)))
+  with a = softmax(logits_a), n = softmax(logits_b). Eq. 8 is written for one sample; the batch
+  reduction (per-sample KL, mean over samples, then the min) is our choice: the paper is silent.
+
+  Args:
+    logits_a, logits_b: [B, K] identity logits of two branches (RGB and NI in the paper).
+
+  Returns:
+    Scalar float32.
+  """
+  return kl_min(logits_a, logits_b, reduction='batchmean')
+
+
+def official_ic_loss(logits_rgb: Array, logits_ni: Array, logits_ti: Array) -> Array:
+  """The official code's "MC" loss: KLmin(R, N) + KLmin(T, N), torch kl_div 'mean' (/ B x K)."""
+  return (kl_min(logits_rgb, logits_ni, reduction='mean') +
+          kl_min(logits_ti, logits_ni, reduction='mean'))
+
+
+# ------------------------------------------------------------------------------ flare terms
+
+
+def flare_loss(flare_logits: Array, flare_labels: Array) -> Array:
+  """Flare loss L_f, paper Eq. 1, for one modality: 2-way CE on the flare pseudo-label.
+
+  The paper calls it BCE but writes a 2-class cross-entropy, -sum_{j=1..2} y_j log yhat_j,
+  which we implement, averaged over the batch.
+
+  Args:
+    flare_logits: [B, 2] scores of the flare head (class 1 = flare-corrupted).
+    flare_labels: [B] int pseudo-labels delta in {0, 1}.
+
+  Returns:
+    Scalar float32.
+  """
+  _check_matrix(flare_logits, 'flare_logits')
+  if flare_logits.shape[-1] != 2:
+    raise ValueError(f'flare_logits must have shape [B, 2], got {tuple(flare_logits.shape)}')
+  _check_labels(flare_labels, flare_logits.shape[0], 'flare_labels')
+  return cross_entropy_loss(flare_logits, flare_labels)
+
+
+def official_flare_loss(logits_rgb: Array, logits_ni: Array) -> Array:
+  """The official code's flare-head term: KLmin between the RGB and NI 2-way flare heads.
+
+  torch kl_div 'mean' reduction (divide by B x 2). The official code multiplies it by a
+  hard-coded 0.8; here the weight is `config.loss.flare_weight` (set 0.8 in official configs).
+  The pseudo-label is not used: this is only a consistency term between the two heads.
+
+  Args:
+    logits_rgb, logits_ni: [B, 2] flare-head logits.
+
+  Returns:
+    Scalar float32.
+  """
+  return kl_min(logits_rgb, logits_ni, reduction='mean')
+
+
+# ------------------------------------------------------------------------------ Table 5 losses
+# All three use per-identity centres taken with masks: row b gets the mean feature of all rows
+# sharing its label, and per-identity quantities are summed over identities by weighting each
+# row with 1 / (rows of its identity). Nothing assumes contiguous or equal-sized identity chunks.
+
+
+def _same_identity(labels: Array) -> tuple[Array, Array]:
+  """([B, B] float same-label matrix, [B] rows per row's identity)."""
+  same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+  return same, jnp.sum(same, axis=1)
+
+
+def _identity_centers(features: Array, same: Array, counts: Array) -> Array:
+  """[B, D]: row b holds the mean of `features` [B, D] over the rows of b's identity."""
+  return (same @ features.astype(jnp.float32)) / counts[:, None]
+
+
+def _squared_distance(a: Array, b: Array) -> Array:
+  """Row-wise squared Euclidean distance (torch MSELoss 'sum' per pair); [B, D] x2 -> [B]."""
+  return jnp.sum(jnp.square(a - b), axis=-1)
+
+
+def _cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
+  """Row-wise cosine similarity, norms clamped at eps as torch; [B, D] x2 -> [B]."""
+  norm_a = jnp.maximum(jnp.linalg.norm(a, axis=-1), eps)
+  norm_b = jnp.maximum(jnp.linalg.norm(b, axis=-1), eps)
+  return jnp.sum(a * b, axis=-1) / (norm_a * norm_b)
+
+
+def three_m_loss(features_rgb: Array, features_ni: Array, features_ti: Array, labels: Array,
+                 margin: float = THREE_M_MARGIN) -> Array:
+  """3M (multi-modal margin) loss [28], Table 5, as the official code instantiates it.
+
+  For each identity y with modality centres c_R, c_N, c_T (means over the rows of y):
+    l_y = max(|m - d(c_R, c_N)|, |m - d(c_N, c_T)|, |m - d(c_R, c_T)|),  d = squared L2,
+  and L_3M = sum_y l_y (summed, not averaged, over the identities of the batch). It pulls the
+  three centre distances of every identity towards the margin m = 3, keeping the modalities
+  apart by a fixed amount.
+
+  Args:
+    features_rgb, features_ni, features_ti: [B, D] features of the three branches.
+    labels: [B] identity labels.
+    margin: m.
+
+  Returns:
+    Scalar float32.
+  """
+  _check_pair(features_rgb, features_ni, 'features_rgb', 'features_ni')
+  _check_pair(features_rgb, features_ti, 'features_rgb', 'features_ti')
+  _check_labels(labels, features_rgb.shape[0])
+  same, counts = _same_identity(labels)
+  c_r, c_n, c_t = (_identity_centers(f, same, counts)
+                   for f in (features_rgb, features_ni, features_ti))
+  gaps = jnp.stack([
+      jnp.abs(margin - _squared_distance(c_r, c_n)),
+      jnp.abs(margin - _squared_distance(c_n, c_t)),
+      jnp.abs(margin - _squared_distance(c_r, c_t)),
+  ], axis=0)
+  per_row = jnp.max(gaps, axis=0)  # the identity's value, repeated on each of its rows
+  return jnp.sum(per_row / counts)
+
+
+def cdc_loss(features_rgb: Array, features_ni: Array, features_ti: Array, labels: Array,
+             margin: float = CDC_MARGIN) -> Array:
+  """Cross-directional Consistency (CdC) loss [34], Table 5: modality part + sample part.
+
+  With d = squared L2 and the hinge h(d) = max(0, d - m), m = 0.1:
+    CdC-M: for each identity, h of the distance between every pair of its three modality
+           centres, averaged over the 3 pairs; then averaged over identities.
+    CdC-S: for each identity, every sample gets a cross-modal centre (the mean of its RGB, NI
+           and TI features); h of the distance between every pair of those sample centres,
+           averaged over the pairs; then averaged over the identities that have >= 2 samples.
+    L_CdC = CdC-M + CdC-S.
+  The official code writes the hinge as max(m, d), which is h(d) + m: the same gradient, a
+  constant offset. We use h so that a perfectly consistent batch scores 0.
+
+  Args:
+    features_rgb, features_ni, features_ti: [B, D] features of the three branches.
+    labels: [B] identity labels.
+    margin: m.
+
+  Returns:
+    Scalar float32.
+  """
+  _check_pair(features_rgb, features_ni, 'features_rgb', 'features_ni')
+  _check_pair(features_rgb, features_ti, 'features_rgb', 'features_ti')
+  _check_labels(labels, features_rgb.shape[0])
+  f_r, f_n, f_t = (f.astype(jnp.float32) for f in (features_rgb, features_ni, features_ti))
+  same, counts = _same_identity(labels)
+  num_ids = jnp.sum(1.0 / counts)
+
+  # CdC-M: modality centres per identity.
+  c_r, c_n, c_t = (_identity_centers(f, same, counts) for f in (f_r, f_n, f_t))
+  hinge_m = (jax.nn.relu(_squared_distance(c_r, c_n) - margin) +
+             jax.nn.relu(_squared_distance(c_n, c_t) - margin) +
+             jax.nn.relu(_squared_distance(c_r, c_t) - margin)) / 3.0
+  cdc_m = jnp.sum(hinge_m / counts) / num_ids
+
+  # CdC-S: per-sample cross-modal centres, pairs within an identity.
+  s = (f_r + f_n + f_t) / 3.0
+  sq_norms = jnp.sum(s * s, axis=-1)
+  pair_sq = jnp.maximum(sq_norms[:, None] + sq_norms[None, :] - 2.0 * (s @ s.T), 0.0)
+  pairs = same * (1.0 - jnp.eye(s.shape[0], dtype=jnp.float32))
+  # Row b's share of its identity's ordered-pair sum; dividing by n (n - 1) turns the identity's
+  # total into the mean over its unordered pairs.
+  row_sum = jnp.sum(pairs * jax.nn.relu(pair_sq - margin), axis=1)
+  has_pairs = counts >= 2
+  per_row = jnp.where(has_pairs, row_sum / jnp.maximum(counts * (counts - 1.0), 1.0), 0.0)
+  num_ids_with_pairs = jnp.sum(jnp.where(has_pairs, 1.0 / counts, 0.0))
+  cdc_s = jnp.sum(per_row) / jnp.maximum(num_ids_with_pairs, 1.0)
+  return cdc_m + cdc_s
+
+
+def hetero_center_loss(features_a: Array, features_b: Array, labels: Array,
+                       distance: str = 'l2') -> Array:
+  """Hetero-centre (HC) loss [38] (cited as [14] in Table 5) between two modalities.
+
+  For each identity, the distance between its centre in modality a and in modality b, summed
+  over identities (as the HC paper's sum over classes):
+    distance 'l2':  ||c_a - c_b||^2           (the HC paper's squared Euclidean distance)
+    distance 'cos': 1 - cos(c_a, c_b)         (the official FACENet code's default)
+  FACENet applies it between RGB and NI (Sec. 5.3: "constraining the consistency of RGB and NI").
+
+  Args:
+    features_a, features_b: [B, D] features of two branches.
+    labels: [B] identity labels.
+    distance: 'l2' or 'cos'.
+
+  Returns:
+    Scalar float32.
+  """
+  _check_pair(features_a, features_b, 'features_a', 'features_b')
+  _check_labels(labels, features_a.shape[0])
+  same, counts = _same_identity(labels)
+  c_a = _identity_centers(features_a, same, counts)
+  c_b = _identity_centers(features_b, same, counts)
+  if distance == 'l2':
+    per_row = _squared_distance(c_a, c_b)
+  elif distance == 'cos':
+    per_row = 1.0 - _cosine_similarity(c_a, c_b)
+  else:
+    raise ValueError(f"loss.hc_distance must be 'l2' or 'cos', got {distance!r}")
+  return jnp.sum(per_row / counts)
+
+
+# ------------------------------------------------------------------------------ total
+
+FLARE_LOSSES = ('bce', 'official_kl')
+IC_VARIANTS = ('paper', 'official')
+RELATIONS = ('none', '3m', 'cdc', 'hc')
+
+
+def _check_choice(value: str, choices: tuple[str, ...], field: str) -> None:
+  if value not in choices:
+    raise ValueError(f'{field} must be one of {choices}, got {value!r}')
+
+
+def _require(mapping: Mapping[str, Any], key: str, where: str, why: str) -> Any:
+  if key not in mapping:
+    raise KeyError(f"{where} has no '{key}' ({why}); it has {sorted(mapping)}")
+  return mapping[key]
+
+
+def total_loss(outputs: Mapping[str, Any], batch: Mapping[str, Array], loss_config: Any,
+               model_config: Any) -> tuple[Array, dict[str, Array]]:
+  """The training objective (Eq. 13, with the weights and variants of `config.loss`).
+
+    total = sum_{s in rgb, ni, ti} (id_weight * CE_s + triplet_weight * Tri_s)
+            + flare_weight * L_f        if model.mfmp
+            + ic_weight * L_IC          if loss.ic
+            + relation_weight * L_rel   if loss.relation != 'none'
+
+  Args:
+    outputs: the model's dict: 'features' {rgb, ni, ti}: [B, D] pre-BNNeck features (the triplet
+      input, as the official code); 'logits' {rgb, ni, ti}: [B, num_classes]; 'flare_logits'
+      {rgb, ni}: [B, 2] when model.mfmp.
+    batch: 'pid' [B] int training labels; 'flare' [B, 2] int pseudo-labels (column 0 RGB,
+      column 1 NI).
+    loss_config: `config.loss`.
+    model_config: `config.model` (reads `mfmp`).
+
+  Returns:
+    (total, terms): the scalar float32 loss and a flat dict of float32 scalars: the unweighted
+    terms 'id_<s>', 'triplet_<s>', their sums 'id' and 'triplet', 'flare', 'ic' and 'relation'
+    (0 when switched off), 'total' (weighted, equal to the returned loss), the top-1 accuracies
+    'acc_<s>' and, with MFMP, 'flare_acc_rgb', 'flare_acc_ni' and their mean 'flare_acc'
+    against the pseudo-label.
+  """
+  _check_choice(loss_config.flare_loss, FLARE_LOSSES, 'loss.flare_loss')
+  _check_choice(loss_config.ic_variant, IC_VARIANTS, 'loss.ic_variant')
+  _check_choice(loss_config.relation, RELATIONS, 'loss.relation')
+  labels = _require(batch, 'pid', 'batch', 'identity labels')
+  features = _require(outputs, 'features', 'model outputs', 'pre-BNNeck features')
+  logits = _require(outputs, 'logits', 'model outputs', 'identity logits')
+  margin = None if loss_config.triplet_soft_margin else loss_config.triplet_margin
+
+  terms: dict[str, Array] = {}
+  id_sum = jnp.zeros((), jnp.float32)
+  triplet_sum = jnp.zeros((), jnp.float32)
+  for s in MODALITIES:
+    s_logits = _require(logits, s, "model outputs['logits']", 'identity logits')
+    s_features = _require(features, s, "model outputs['features']", 'pre-BNNeck features')
+    terms[f'id_{s}'] = cross_entropy_loss(s_logits, labels, loss_config.label_smoothing)
+    terms[f'triplet_{s}'] = batch_hard_triplet_loss(
+        s_features, labels, margin, normalize=loss_config.triplet_normalize)
+    terms[f'acc_{s}'] = top1_accuracy(s_logits, labels)
+    id_sum = id_sum + terms[f'id_{s}']
+    triplet_sum = triplet_sum + terms[f'triplet_{s}']
+  terms['id'] = id_sum
+  terms['triplet'] = triplet_sum
+  total = loss_config.id_weight * id_sum + loss_config.triplet_weight * triplet_sum
+
+  flare = jnp.zeros((), jnp.float32)
+  if model_config.mfmp:
+    flare_logits = _require(outputs, 'flare_logits', 'model outputs', 'model.mfmp is on')
+    rgb_flare = _require(flare_logits, 'rgb', "model outputs['flare_logits']", 'RGB flare head')
+    ni_flare = _require(flare_logits, 'ni', "model outputs['flare_logits']", 'NI flare head')
+    flare_labels = _require(batch, 'flare', 'batch', 'flare pseudo-labels').astype(jnp.int32)
+    if flare_labels.ndim != 2 or flare_labels.shape[1] != 2:
+      raise ValueError(
+          f"batch['flare'] must have shape [B, 2], got {tuple(flare_labels.shape)}")
+    if loss_config.flare_loss == 'bce':
+      # Eq. 1 on each flare-susceptible modality with its own pseudo-label, summed.
+      flare = (flare_loss(rgb_flare, flare_labels[:, 0]) +
+               flare_loss(ni_flare, flare_labels[:, 1]))
+    else:
+      flare = official_flare_loss(rgb_flare, ni_flare)
+    terms['flare_acc_rgb'] = top1_accuracy(rgb_flare, flare_labels[:, 0])
+    terms['flare_acc_ni'] = top1_accuracy(ni_flare, flare_labels[:, 1])
+    terms['flare_acc'] = 0.5 * (terms['flare_acc_rgb'] + terms['flare_acc_ni'])
+    total = total + loss_config.flare_weight * flare
+  terms['flare'] = flare
+
+  ic = jnp.zeros((), jnp.float32)
+  if loss_config.ic:
+    if loss_config.ic_variant == 'paper':
+      ic = ic_loss(logits['rgb'], logits['ni'])
+    else:
+      ic = official_ic_loss(logits['rgb'], logits['ni'], logits['ti'])
+    total = total + loss_config.ic_weight * ic
+  terms['ic'] = ic
+
+  relation = jnp.zeros((), jnp.float32)
+  if loss_config.relation == '3m':
+    relation = three_m_loss(features['rgb'], features['ni'], features['ti'], labels)
+  elif loss_config.relation == 'cdc':
+    relation = cdc_loss(features['rgb'], features['ni'], features['ti'], labels)
+  elif loss_config.relation == 'hc':
+    relation = hetero_center_loss(features['rgb'], features['ni'], labels,
+                                  distance=loss_config.hc_distance)
+  if loss_config.relation != 'none':
+    total = total + loss_config.relation_weight * relation
+  terms['relation'] = relation
+
+  total = total.astype(jnp.float32)
+  terms['total'] = total
+  return total, terms
