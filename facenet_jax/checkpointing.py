@@ -1,0 +1,153 @@
+"""Orbax checkpoints of the `TrainState`: the last N steps, plus the best by validation mAP.
+
+Layout inside the workdir:
+
+    checkpoints/<step>/   state + meta   (the last `train.keep_checkpoints` saves)
+    best/<step>/          state + meta   (one: the best validation score so far)
+
+Saves are synchronous and orbax finalises each one by an atomic rename of a temporary folder,
+so a run killed at any moment (SIGKILL included) leaves only complete checkpoints; a restart
+picks the latest one and continues (the data stream is a pure function of the step, so the step
+restores the data position too).
+"""
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from facenet_jax.train_state import TrainState
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be restored into the model at hand."""
+
+
+def _manager(directory: pathlib.Path, max_to_keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
+      cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(directory.absolute(), options=options, item_names=('state', 'meta'))
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+class Checkpointer:
+  """Step and best-model checkpoints for one workdir."""
+
+  def __init__(self, workdir: str | pathlib.Path, keep: int):
+    workdir = pathlib.Path(workdir)
+    self.steps = _manager(workdir / 'checkpoints', keep)
+    self.best = _manager(workdir / 'best', 1)
+
+  # -------------------------------------------------------------- saving
+  def save(self, state: TrainState, meta: dict[str, Any]) -> None:
+    step = int(jax.device_get(state.step))
+    if step in self.steps.all_steps():
+      return
+    self.steps.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  def save_best(self, state: TrainState, meta: dict[str, Any]) -> None:
+    step = int(jax.device_get(state.step))
+    for old in self.best.all_steps():
+      if old != step:
+        self.best.delete(old)
+    if step not in self.best.all_steps():
+      self.best.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  # -------------------------------------------------------------- restoring
+  def latest_step(self) -> int | None:
+    return self.steps.latest_step()
+
+  def best_step(self) -> int | None:
+    steps = self.best.all_steps()
+    return max(steps) if steps else None
+
+  def best_meta(self) -> dict[str, Any] | None:
+    step = self.best_step()
+    if step is None:
+      return None
+    return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def restore(self, target: TrainState, step: int | None = None, best: bool = False
+              ) -> tuple[TrainState, dict[str, Any]]:
+    """Restore into the structure, shapes and shardings of `target`.
+
+    Raises `CheckpointError` listing the differing parameters when the checkpoint was written by a
+    different model (another depth, switch or number of classes).
+    """
+    manager = self.best if best else self.steps
+    if step is None:
+      step = self.best_step() if best else manager.latest_step()
+    if step is None or step not in manager.all_steps():
+      raise CheckpointError(
+          f'No checkpoint{" at step " + str(step) if step is not None else ""} in '
+          f'{manager.directory}; available steps: {list(manager.all_steps())}')
+    self._check_compatible(manager, step, target)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored['state'], restored['meta']
+
+  @staticmethod
+  def _check_compatible(manager: ocp.CheckpointManager, step: int, target: TrainState) -> None:
+    saved = manager.item_metadata(step)['state']
+    saved_shapes = {k: tuple(v.shape) for k, v in _flat_metadata(saved).items()}
+    expected = _flat_shapes(target)
+    missing = sorted(set(expected) - set(saved_shapes))
+    unexpected = sorted(set(saved_shapes) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(saved_shapes)
+                        if expected[k] != saved_shapes[k])
+    if missing or unexpected or mismatched:
+      lines = [f'Checkpoint {manager.directory}/{step} does not match the configured model '
+               '(was it written with another config.model or dataset?).']
+      lines += [f'  shape {k}: checkpoint {saved_shapes[k]} vs model {expected[k]}'
+                for k in mismatched[:20]]
+      lines += [f'  missing in checkpoint: {k}' for k in missing[:20]]
+      lines += [f'  not in the model: {k}' for k in unexpected[:20]]
+      raise CheckpointError('\n'.join(lines))
+
+  def close(self) -> None:
+    self.steps.close()
+    self.best.close()
+
+
+def _flat_metadata(tree: Any) -> dict[str, Any]:
+  """Flatten orbax's metadata tree (nested dicts/lists of ArrayMetadata) to `a/b/c` keys."""
+  is_leaf = lambda x: hasattr(x, 'shape') and not isinstance(x, (dict, list, tuple))
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+  return {_path_name(path): leaf for path, leaf in leaves}
+
+
+def _path_name(path) -> str:
+  """`a/b/0/c` for a key path, whether its entries are dict keys, attributes or indices.
+
+  Orbax's metadata stores dataclasses and namedtuples (TrainState, optax states) as dicts, so
+  paths are compared by their names only.
+  """
+  names = []
+  for entry in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(entry, attr):
+        names.append(str(getattr(entry, attr)))
+        break
+  return '/'.join(names)
+
+
+def write_json(path: str | pathlib.Path, payload: Any) -> None:
+  """Small JSON writer for metrics files; NumPy scalars and arrays become plain numbers/lists."""
+  def default(o):
+    if isinstance(o, np.ndarray):
+      return o.tolist()
+    if isinstance(o, np.generic):
+      return o.item()
+    raise TypeError(f'not JSON serialisable: {type(o)}')
+  pathlib.Path(path).write_text(json.dumps(payload, indent=2, default=default) + '\n')
