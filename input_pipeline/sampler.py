@@ -1,0 +1,136 @@
+"""Seeded P x K identity sampler in NumPy.
+
+Every batch holds P distinct training identities with K triplets each, rows grouped by identity
+(K consecutive rows per id). An epoch follows the re-id libraries' identity sampler: each id's
+triplets are shuffled and cut into chunks of K (an id with fewer than K triplets gives one chunk
+that holds every triplet once, topped up with triplets drawn with replacement), and every id is
+visited at least once per epoch.
+
+Where we differ, and why: the official `RandomIdentitySampler` draws P ids greedily until fewer
+than P ids have chunks left, so its epoch length varies between epochs and the leftover ids are
+skipped. Here the number of steps per epoch S depends on the dataset only, so the batch at
+global step s is a function of (seed, s) alone (epoch = s // S) and a resumed run continues the
+same data stream. The chunks of an epoch are laid out id by id in a random id order and dealt
+column-wise into S batches, which puts the chunks of one id into distinct batches; an id never
+has more than S chunks per epoch, and ids with the fewest chunks get one more chunk each until
+the S x P slots are full.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+def _chunk_counts(sizes: np.ndarray, num_instances: int) -> np.ndarray:
+  """Natural chunks per id: floor(n / K), at least 1 (ids with n < K are topped up)."""
+  return np.maximum(sizes // num_instances, 1)
+
+
+def compute_steps_per_epoch(sizes: Sequence[int], num_ids_per_batch: int,
+                            num_instances: int) -> int:
+  """Steps S of one epoch for ids with `sizes` triplets each.
+
+  S is the smallest value with S * P >= sum_i min(c_i, S), c_i = max(1, n_i // K): all natural
+  chunks fit (an id contributes at most S of them, one per batch).
+  """
+  sizes = np.asarray(sizes, dtype=np.int64)
+  if num_ids_per_batch <= 0 or num_instances <= 0:
+    raise ValueError(f'data.num_ids_per_batch ({num_ids_per_batch}) and data.num_instances '
+                     f'({num_instances}) must be positive')
+  if len(sizes) < num_ids_per_batch:
+    raise ValueError(f'data.num_ids_per_batch: {num_ids_per_batch} ids per batch but the '
+                     f'training set has only {len(sizes)} identities')
+  chunks = _chunk_counts(sizes, num_instances)
+  steps = math.ceil(chunks.sum() / num_ids_per_batch)
+  while True:  # the capped total only shrinks as S shrinks, so this decreases to a fixed point
+    new = math.ceil(np.minimum(chunks, steps).sum() / num_ids_per_batch)
+    if new == steps:
+      return steps
+    steps = new
+
+
+class IdentitySampler:
+  """P x K batches of record indices, a pure function of (seed, step).
+
+  Args:
+    pids: [N] training label of each record (any ints; grouping is by value).
+    num_ids_per_batch: P.
+    num_instances: K.
+    seed: sampler seed (data.seed).
+  """
+
+  def __init__(self, pids: Sequence[int], num_ids_per_batch: int, num_instances: int,
+               seed: int):
+    groups: dict[int, list[int]] = collections.defaultdict(list)
+    for i, p in enumerate(pids):
+      groups[int(p)].append(i)
+    self.ids = sorted(groups)
+    self._members = [np.asarray(groups[p], dtype=np.int64) for p in self.ids]
+    self.num_ids_per_batch = num_ids_per_batch
+    self.num_instances = num_instances
+    self.seed = seed
+    self.steps_per_epoch = compute_steps_per_epoch(
+        [len(m) for m in self._members], num_ids_per_batch, num_instances)
+    self._cached_epoch: tuple[int, np.ndarray] | None = None
+
+  @property
+  def batch_size(self) -> int:
+    return self.num_ids_per_batch * self.num_instances
+
+  def _id_chunks(self, rng: np.random.Generator, members: np.ndarray,
+                 num_chunks: int) -> np.ndarray:
+    """[num_chunks, K] indices of one id: fresh permutations cut into whole chunks."""
+    k = self.num_instances
+    n = len(members)
+    if n < k:
+      # Every triplet once, the rest drawn with replacement, then shuffled.
+      rows = [rng.permutation(np.concatenate([members, rng.choice(members, k - n)]))
+              for _ in range(num_chunks)]
+      return np.stack(rows)
+    per_perm = n // k  # leftover n % k triplets of a permutation are skipped, as in re-id libs
+    rows = []
+    while len(rows) < num_chunks:
+      perm = rng.permutation(members)
+      rows.extend(perm[: per_perm * k].reshape(per_perm, k))
+    return np.stack(rows[:num_chunks])
+
+  def epoch_batches(self, epoch: int) -> np.ndarray:
+    """All batches of `epoch` as int64 [S, P * K] record indices."""
+    if self._cached_epoch is not None and self._cached_epoch[0] == epoch:
+      return self._cached_epoch[1]
+    s, p, k = self.steps_per_epoch, self.num_ids_per_batch, self.num_instances
+    rng = np.random.default_rng([self.seed, epoch, 0x5A4])
+    sizes = np.asarray([len(m) for m in self._members])
+    counts = np.minimum(_chunk_counts(sizes, k), s)
+    # Fill the S * P slots: one more chunk to an id with the fewest, random tie-break; the
+    # average is S * P / num_ids <= S, so no id exceeds S.
+    for _ in range(s * p - int(counts.sum())):
+      fewest = np.flatnonzero(counts == counts.min())
+      counts[rng.choice(fewest)] += 1
+    order = rng.permutation(len(self._members))
+    chunks = np.concatenate([self._id_chunks(rng, self._members[i], counts[i]) for i in order])
+    # Column-wise deal: slot t of batch j is chunk j + t * S. An id's chunks are consecutive and
+    # at most S, so they land in distinct batches.
+    batches = chunks.reshape(p, s, k).transpose(1, 0, 2)        # [S, P, K]
+    batches = batches[rng.permutation(s)]
+    slot_perm = np.argsort(rng.random((s, p)), axis=1)           # shuffle id order in a batch
+    batches = np.take_along_axis(batches, slot_perm[:, :, None], axis=1)
+    out = batches.reshape(s, p * k)
+    self._cached_epoch = (epoch, out)
+    return out
+
+  def batch_indices_for_step(self, step: int) -> np.ndarray:
+    """int64 [P * K] record indices of global step `step` (rows grouped by id, K per id)."""
+    epoch, offset = divmod(int(step), self.steps_per_epoch)
+    return self.epoch_batches(epoch)[offset]
+
+  def iterate(self, start_step: int = 0) -> Iterator[np.ndarray]:
+    """Infinite stream of batches from global step `start_step` on."""
+    step = start_step
+    while True:
+      yield self.batch_indices_for_step(step)
+      step += 1
