@@ -52,6 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.fce = True                  # Flare-aware Cross-modal Enhancement, Eq. 7
   model.plugin_layer = 4            # ResNet stage after which MFMP/FCE act (paper Table 4: 1..4)
   model.fmi_hidden_ratio = 0.25     # FMI conv-stack width as a fraction of C (paper silent)
+  model.fmi_attention_ratio = 0.0625  # FMI SE-attention bottleneck as a fraction of C (paper silent; SE-Net 1/16)
+  model.flare_head_input = 'mask'   # SMP flare classifier reads GAP of the mask M_S ('mask') or of m_S ('mask_logits')
   model.mask_estimator = 'sigmoid'  # how Delta gets a gradient: 'sigmoid' relaxation | 'straight_through'
   model.mask_temperature = 1.0      # temperature of the relaxed mask sigmoid((m - Delta) / T)
   model.test_time_fce = True        # apply FCE at test time, gated by each sample's own pseudo-label
@@ -78,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
                                     # 'official': KLmin(R, N) + KLmin(T, N), mean over B x classes
   loss.relation = 'none'            # paper Table 5 alternatives: 'none' | '3m' | 'cdc' | 'hc'
   loss.relation_weight = 1.0        # weight of the relation loss
+  loss.hc_distance = 'l2'           # 'hc' relation: 'l2' squared centre distance (HC paper) | 'cos' (official)
 
   # ---------------------------------------------------------------- optim
   optim = config.optim = ml_collections.ConfigDict()
@@ -91,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   optim.momentum = 0.9              # SGD momentum
   optim.bias_lr_factor = 1.0        # LR multiplier for biases (official: 2)
   optim.grad_clip_norm = 0.0        # global-norm clipping (0 = off)
+  optim.decay_all_params = False    # also decay biases and norm scales/biases (official code decays all)
 
   # ---------------------------------------------------------------- train
   train = config.train = ml_collections.ConfigDict()

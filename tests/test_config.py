@@ -14,20 +14,21 @@ CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob('*.py') if not p.name.startswit
 GROUPS = {'data', 'model', 'loss', 'optim', 'train', 'eval'}
 
 
-def _load(path: pathlib.Path) -> ml_collections.ConfigDict:
+def _load_module(path: pathlib.Path):
   spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
+
+
+def _load(path: pathlib.Path) -> ml_collections.ConfigDict:
+  return _load_module(path).get_config()
 
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.name)
 def test_every_config_has_the_six_groups_and_a_command_in_its_docstring(path):
-  config = _load(path)
-  assert set(config.keys()) == GROUPS
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = _load_module(path)
+  assert set(module.get_config().keys()) == GROUPS
   assert 'python scripts/train.py --config configs/' in module.__doc__
 
 
@@ -71,3 +72,22 @@ def test_jax_sees_several_simulated_cpu_devices():
   devices = jax.devices()
   assert len(devices) >= 2
   assert all(d.platform == 'cpu' for d in devices)
+
+
+def test_every_ablation_row_sets_its_switches():
+  ablation = _load_module(CONFIG_DIR / 'ablation.py')
+  for row in ablation.ROWS:
+    config = ablation.get_config(f'wmveid863,{row}')
+    assert set(config.keys()) == GROUPS
+  baseline = ablation.get_config('wmveid863,table2_baseline')
+  assert not (baseline.model.mfmp or baseline.model.fce or baseline.loss.ic)
+  full = ablation.get_config('wmveid863,table2_full')
+  assert full.model.mfmp and full.model.fmi and full.model.fce and full.loss.ic
+  assert ablation.get_config('msvr310,table4_layer3').model.plugin_layer == 3
+  assert ablation.get_config('msvr310,table4_layer3').eval.protocol == 'scene'
+
+
+def test_unknown_ablation_row_is_rejected_with_the_list_of_rows():
+  ablation = _load_module(CONFIG_DIR / 'ablation.py')
+  with pytest.raises(ValueError, match='table2_full'):
+    ablation.get_config('wmveid863,table9_nothing')

@@ -1,0 +1,18 @@
+r"""The official code's recipe for rgbnt100: SGD 0.001, cosine with 10 warmup epochs, 120 epochs.
+
+    python scripts/train.py --config configs/official_rgbnt100.py --workdir runs/official_rgbnt100 \
+        --config.data.root=/data/... --config.model.pretrained_path=weights/resnet50.npz
+
+Soft-margin triplet, 0.8 x RGB/NI flare-head KL instead of the pseudo-label BCE, the MC loss with
+its extra TI-NI term, the official flare pseudo-label and per-modality augmentation. The backbone
+stays the paper's ResNet here; the code's ViT-B/16 is `--config.model.backbone=vit_b16`.
+The code's bugs stay off (see configs/_official.py).
+"""
+
+from configs import _official
+from configs import rgbnt100
+
+
+def get_config():
+  config = rgbnt100.get_config()
+  return _official.apply_official_recipe(config, base_lr=0.001, num_epochs=120, warmup_epochs=10)
