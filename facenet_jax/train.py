@@ -132,11 +132,11 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   from input_pipeline import records as records_lib  # pylint: disable=g-import-not-at-top
 
   root = config.data.root
-  if not root or not os.path.isdir(root):
+  if config.data.source == 'folder' and (not root or not os.path.isdir(root)):
     raise FileNotFoundError(
         f'config.data.root={root!r} is not a directory: point it at the {config.data.dataset} '
         'dataset on local disk (see README, "Dataset layouts").')
-  splits = records_lib.load_splits(config.data.dataset, root)
+  splits = pipeline.load_splits_for_config(config.data)
   train_records, val_query, val_gallery = splits.train, [], []
   if config.data.num_val_ids > 0:
     train_records, val_query, val_gallery = records_lib.split_validation(
@@ -176,10 +176,11 @@ def _init_fn(model, config: ml_collections.ConfigDict) -> Callable[[jax.Array], 
                                 train=False)
 
 
-def init_variables(model, config: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, Any]:
+def init_variables(model, config: ml_collections.ConfigDict, rng: jax.Array,
+                   load_pretrained: bool = True) -> dict[str, Any]:
   """Initialise the model's variables, then load pretrained weights when configured."""
   variables = dict(jax.jit(_init_fn(model, config))(rng))
-  if config.model.pretrained_path:
+  if load_pretrained and config.model.pretrained_path:
     from facenet_jax import pretrained  # pylint: disable=g-import-not-at-top
     backbone = pretrained.load_pretrained_backbone(config.model.pretrained_path, config.model.depth)
     variables = pretrained.init_streams_from_pretrained(variables, backbone)
@@ -187,10 +188,11 @@ def init_variables(model, config: ml_collections.ConfigDict, rng: jax.Array) -> 
   return variables
 
 
-def create_state(exp: Experiment) -> TrainState:
+def create_state(exp: Experiment, load_pretrained: bool = True) -> TrainState:
+  """A replicated step-0 state (pass `load_pretrained=False` for a restore template)."""
   rng = jax.random.PRNGKey(exp.config.train.seed)
   init_rng, state_rng = jax.random.split(rng)
-  variables = init_variables(exp.model, exp.config, init_rng)
+  variables = init_variables(exp.model, exp.config, init_rng, load_pretrained)
   state = create_train_state(variables, exp.tx, state_rng)
   return sharding.replicate(state, exp.mesh)
 

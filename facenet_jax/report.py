@@ -1,0 +1,117 @@
+"""Evaluate a saved checkpoint and write the report: metric table, JSON, pictures, features.
+
+Behind `scripts/evaluate.py`; also used by `make demo`.
+"""
+
+import pathlib
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from facenet_jax import checkpointing
+from facenet_jax import evaluation
+from facenet_jax import train
+from facenet_jax import visualize
+
+
+def format_metric_table(metrics: dict[str, Any], title: str) -> str:
+  """A small fixed-width table of mAP, mINP and CMC R-1/5/10 in percent."""
+  cmc = np.asarray(metrics['cmc'])
+  rank = lambda k: 100.0 * float(cmc[min(k, len(cmc)) - 1])
+  rows = [('mAP', 100.0 * metrics['mAP']), ('mINP', 100.0 * metrics['mINP']),
+          ('R-1', rank(1)), ('R-5', rank(5)), ('R-10', rank(10))]
+  width = max(len(title), 16)
+  lines = [title, '-' * width]
+  lines += [f'{name:<8}{value:>8.2f}' for name, value in rows]
+  lines.append(f'({metrics["num_valid_queries"]} queries scored, '
+               f'{metrics["num_skipped_queries"]} without a gallery match skipped)')
+  return '\n'.join(lines)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
+                        best: bool = False, out_dir: str | None = None,
+                        export_features: bool = False, num_rank_list_queries: int = 6
+                        ) -> dict[str, Any]:
+  """Restore a checkpoint from `workdir`, embed query and gallery once each, write the report.
+
+  Returns `{'metrics': ..., 'step': int, 'files': {name: path}}`.
+  """
+  exp = train.build_experiment(config)
+  if not exp.query:
+    raise ValueError(f'The query split of {config.data.dataset} at {config.data.root!r} is empty: '
+                     'nothing to evaluate.')
+  template = train.create_state(exp, load_pretrained=False)
+  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  state, meta = ckpt.restore(template, step=step, best=best)
+  ckpt.close()
+  restored_step = int(jax.device_get(state.step))
+  logging.info('Restored %s checkpoint at step %d (%s)', 'best' if best else 'step',
+               restored_step, meta)
+
+  embed_step = train.jit_embed_step(train.make_embed_step(exp.model), exp.mesh)
+  q = train.embed_records(state, embed_step, exp.query, config, exp.mesh, with_masks=True)
+  g = train.embed_records(state, embed_step, exp.gallery, config, exp.mesh)
+  metrics = train.evaluate_embeddings(q['embedding'], g['embedding'], exp.query, exp.gallery,
+                                      config)
+
+  out = pathlib.Path(out_dir or pathlib.Path(workdir) / f'eval_{"best" if best else "step"}_{restored_step}')
+  out.mkdir(parents=True, exist_ok=True)
+  files = {}
+  files['metrics'] = out / 'metrics.json'
+  checkpointing.write_json(files['metrics'], {'step': restored_step, 'checkpoint_meta': meta,
+                                              **metrics})
+  files['cmc'] = out / 'cmc.png'
+  visualize.plot_cmc(metrics['cmc'], files['cmc'],
+                     title=f'{config.data.dataset} CMC (step {restored_step})')
+  files['rank_list'] = out / 'rank_list.png'
+  _plot_rank_list(q['embedding'], g['embedding'], exp.query, exp.gallery, config,
+                  files['rank_list'], num_rank_list_queries)
+  if q.get('masks'):
+    files['flare_masks'] = out / 'flare_masks.png'
+    _plot_masks(q['masks'], exp.query, files['flare_masks'])
+  if export_features:
+    for name, feats, recs in (('query', q['embedding'], exp.query),
+                              ('gallery', g['embedding'], exp.gallery)):
+      files[f'{name}_features'] = out / f'{name}_features.npy'
+      np.save(files[f'{name}_features'], feats)
+      for field in ('pid', 'camid', 'scene'):
+        np.save(out / f'{name}_{field}s.npy', np.asarray([getattr(r, field) for r in recs]))
+  return {'metrics': metrics, 'step': restored_step, 'files': {k: str(v) for k, v in files.items()}}
+
+
+def _plot_rank_list(q_feats, g_feats, query, gallery, config, path, num_queries):
+  from input_pipeline import records as records_lib  # pylint: disable=g-import-not-at-top
+  chosen = np.linspace(0, len(query) - 1, min(num_queries, len(query))).astype(int)
+  dist = evaluation.compute_distance_matrix(q_feats[chosen], g_feats, config.eval.distance)
+  order = np.argsort(dist, axis=1, kind='stable')[:, :10]
+  q_pids = np.asarray([query[i].pid for i in chosen])
+  g_pids = np.asarray([r.pid for r in gallery])
+  matches = g_pids[order] == q_pids[:, None]
+  query_images = [records_lib.load_triplet(query[i]) for i in chosen]
+  gallery_images = [[records_lib.load_triplet(gallery[j]) for j in row] for row in order]
+  visualize.plot_rank_list(query_images, gallery_images, order, matches, path, top_k=10)
+
+
+def _plot_masks(masks, query, path, max_images=6):
+  """Overlay the RGB/NI masks of the first flared queries (or the first queries if none)."""
+  from input_pipeline import flare_label  # pylint: disable=g-import-not-at-top
+  from input_pipeline import records as records_lib  # pylint: disable=g-import-not-at-top
+  triplets, flared = [], []
+  for i, record in enumerate(query):
+    images = records_lib.load_triplet(record)
+    if flare_label.flare_bits(images[0], images[1], 'paper').any():
+      flared.append(i)
+      triplets.append(images)
+    if len(flared) == max_images:
+      break
+  if not flared:
+    flared = list(range(min(max_images, len(query))))
+    triplets = [records_lib.load_triplet(query[i]) for i in flared]
+  # Channel-mean of the [h, w, C] masks: the fraction of channels replaced at each position.
+  to_map = lambda m: np.asarray(m).mean(axis=-1)
+  visualize.plot_flare_masks([t[0] for t in triplets], [t[1] for t in triplets],
+                             [to_map(masks['rgb'][i]) for i in flared],
+                             [to_map(masks['ni'][i]) for i in flared], path)
