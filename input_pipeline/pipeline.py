@@ -300,8 +300,9 @@ def _tfds_split(name: str, split: str, data_dir: str) -> list:
   with _TFDS_LOCK:
     if key not in _TFDS_SPLITS:
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      from input_pipeline import tfds_builders  # pylint: disable=g-import-not-at-top,unused-import
-      builder = tfds.builder(name, data_dir=data_dir or None)
+      from input_pipeline import tfds_builders  # pylint: disable=g-import-not-at-top
+      by_name = {b.name: b for b in tfds_builders.BUILDERS.values()}
+      builder = by_name[name](data_dir=data_dir or None)
       if not builder.is_prepared():
         raise records_lib.DatasetError(
             f'data.tfds_data_dir: TFDS dataset {name!r} is not prepared in '
