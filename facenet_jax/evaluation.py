@@ -1,0 +1,539 @@
+"""Retrieval evaluation: distances, CMC, mAP, mINP and k-reciprocal re-ranking.
+
+Protocol (Market-1501, as the paper states and the official `eval_func` implements):
+  * every query is ranked against the whole gallery by ascending distance;
+  * gallery items with the query's pid AND the query's camera are junk and removed from its list
+    (MSVR310: same pid AND same scene, when scene ids are given);
+  * a query whose remaining list holds no item of its pid is skipped (and counted as skipped);
+  * CMC_q[k] = 1 if a match is within the first k+1 remaining items; AP_q = (1/R) sum over the
+    matches of (#matches up to it) / (its rank); INP_q = R / (rank of the hardest match) (AGW,
+    Ye et al., TPAMI 2021); CMC, mAP and mINP are means over the valid queries, in [0, 1].
+  * A remaining list shorter than `max_rank` is padded with its last CMC value (the official code
+    crashes there on ragged rows); so the CMC always has `max_rank` entries.
+
+Tie rule (deterministic, pessimistic): among gallery items at exactly the same distance from a
+query, the non-matches are ranked before the matches. Only that order changes a metric (matches
+are interchangeable, so are non-matches), so the metrics are fully defined, and they are the worst
+case over all tie orders: a collapsed embedding (all distances equal) cannot score by luck of the
+gallery order. The official code uses `np.argsort` (quicksort), whose tie order is unspecified.
+-0.0 and +0.0 count as equal; NaN distances are rejected.
+
+Speed and memory. `rank_metrics` and `evaluate_features` have no Python loop over queries: they
+work on blocks of `chunk_size` queries (distances from features come from one jitted JAX call per
+block). Per (query, gallery item) NumPy forms one integer sort key: the distance's float32 bits
+as an order-preserving unsigned integer, shifted left by one, with is_match in the lowest bit
+(junk items get the largest even key, so they sort last). The same-pid pairs that set the flags
+and the junk keys are found through the gallery grouped by pid, in O(#pairs), not with [c, G]
+masks. NumPy then sorts the keys row-wise (a SIMD integer sort, several times faster than an
+argsort, and uint32 when no distance is negative); the sorted position of every flagged key is
+that match's rank among the non-junk items, so no gather is needed. CMC, AP and INP follow from
+the match positions alone (O(#matches) work). Peak memory is about `chunk_size x G x 13` bytes
+(distances 4, keys 4 or 8, flags 1, plus the next block's distances 4 while it is computed) plus
+the features, never the full Q x G matrix: for G = 100k and chunk_size = 1024 about 1.3-1.7 GB.
+
+`rank_metrics_loop_reference` is the plain per-query loop (the official `eval_func` semantics with
+the tie rule above); it exists for the benchmark and as a readable definition.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METRICS = ('euclidean_normalized', 'euclidean', 'cosine')
+
+# L2 normalisation x / max(||x||, eps), as torch.nn.functional.normalize in the official code.
+NORMALIZE_EPS = 1e-12
+
+_SIGN_BIT = np.uint32(0x80000000)
+_LITTLE_ENDIAN = sys.byteorder == 'little'   # where the flag byte of a sort key sits
+
+
+# ---------------------------------------------------------------------------------- validation
+def _as_features(x: Any, name: str) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim != 2:
+    raise ValueError(f'{name} must be 2-D [N, D], got shape {x.shape}.')
+  if not np.issubdtype(x.dtype, np.number):
+    raise ValueError(f'{name} must be numeric, got dtype {x.dtype}.')
+  x = x.astype(np.float32, copy=False)
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f'{name} contains non-finite values (NaN or inf).')
+  return x
+
+
+def _check_feature_pair(query_feats: Any, gallery_feats: Any) -> tuple[np.ndarray, np.ndarray]:
+  q = _as_features(query_feats, 'query_feats')
+  g = _as_features(gallery_feats, 'gallery_feats')
+  if q.shape[0] == 0:
+    raise ValueError('Empty query set: query_feats has 0 rows.')
+  if g.shape[0] == 0:
+    raise ValueError('Empty gallery: gallery_feats has 0 rows.')
+  if q.shape[1] != g.shape[1]:
+    raise ValueError(f'query_feats has dimension {q.shape[1]} but gallery_feats has dimension '
+                     f'{g.shape[1]}.')
+  return q, g
+
+
+def _check_metric(metric: str) -> None:
+  if metric not in METRICS:
+    raise ValueError(f'metric must be one of {METRICS}, got {metric!r}.')
+
+
+def _check_positive(value: int, name: str) -> int:
+  if int(value) != value or value < 1:
+    raise ValueError(f'{name} must be a positive integer, got {value!r}.')
+  return int(value)
+
+
+def _labels(x: Any, name: str, expected: int, side: str) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim != 1:
+    raise ValueError(f'{name} must be 1-D, got shape {x.shape}.')
+  if x.shape[0] != expected:
+    raise ValueError(f'{name} has {x.shape[0]} entries but there are {expected} {side} items.')
+  return x
+
+
+def _encode_pair(q: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Query and gallery labels of any dtype -> dense int32 codes (one shared vocabulary)."""
+  _, inverse = np.unique(np.concatenate([q, g]), return_inverse=True)
+  inverse = inverse.astype(np.int32).reshape(-1)
+  return inverse[:q.shape[0]], inverse[q.shape[0]:]
+
+
+def _protocol_labels(num_query: int, num_gallery: int, q_pids, g_pids, q_camids, g_camids,
+                     q_sceneids, g_sceneids) -> tuple[np.ndarray, ...]:
+  """Checked labels -> (q_pid, g_pid, q_junk_key, g_junk_key) int32 codes.
+
+  The junk key is the camera (Market-1501) or, when scene ids are given, the scene (MSVR310).
+  """
+  q_pids = _labels(q_pids, 'q_pids', num_query, 'query')
+  g_pids = _labels(g_pids, 'g_pids', num_gallery, 'gallery')
+  q_camids = _labels(q_camids, 'q_camids', num_query, 'query')
+  g_camids = _labels(g_camids, 'g_camids', num_gallery, 'gallery')
+  if (q_sceneids is None) != (g_sceneids is None):
+    missing = 'g_sceneids' if g_sceneids is None else 'q_sceneids'
+    raise ValueError(f'Scene protocol needs both q_sceneids and g_sceneids; {missing} is None.')
+  if q_sceneids is not None:
+    q_key = _labels(q_sceneids, 'q_sceneids', num_query, 'query')
+    g_key = _labels(g_sceneids, 'g_sceneids', num_gallery, 'gallery')
+  else:
+    q_key, g_key = q_camids, g_camids
+  q_pid, g_pid = _encode_pair(q_pids, g_pids)
+  q_junk, g_junk = _encode_pair(q_key, g_key)
+  return q_pid, g_pid, q_junk, g_junk
+
+
+# ---------------------------------------------------------------------------------- distances
+def _prepare(feats: jax.Array, metric: str) -> tuple[jax.Array, jax.Array]:
+  """[N, D] features -> (features as compared [N, D], squared norms [N])."""
+  x = feats.astype(jnp.float32)
+  if metric in ('euclidean_normalized', 'cosine'):
+    # Official evaluator: one L2 normalisation of the whole (concatenated) vector.
+    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    x = x / jnp.maximum(norm, NORMALIZE_EPS)
+  return x, jnp.sum(x * x, axis=-1)
+
+
+def _pairwise(q: jax.Array, q_sq: jax.Array, g: jax.Array, g_sq: jax.Array,
+              metric: str) -> jax.Array:
+  """Prepared [c, D] x [G, D] -> distances [c, G] float32."""
+  dot = jnp.matmul(q, g.T, precision=jax.lax.Precision.HIGHEST)
+  if metric == 'cosine':
+    return 1.0 - dot
+  squared = q_sq[:, None] + g_sq[None, :] - 2.0 * dot
+  if metric == 'euclidean_normalized':
+    # Squared, unclamped, as the official evaluator (||q||^2 + ||g||^2 - 2 q.g = 2 - 2 cos).
+    return squared
+  return jnp.sqrt(jnp.maximum(squared, 0.0))
+
+
+@functools.partial(jax.jit, static_argnames=('metric',))
+def _prepare_jit(feats: jax.Array, metric: str) -> tuple[jax.Array, jax.Array]:
+  return _prepare(feats, metric)
+
+
+@functools.partial(jax.jit, static_argnames=('metric',))
+def _distance_chunk(q_feats: jax.Array, g: jax.Array, g_sq: jax.Array, metric: str) -> jax.Array:
+  q, q_sq = _prepare(q_feats, metric)
+  return _pairwise(q, q_sq, g, g_sq, metric)
+
+
+def _pad_rows(x: np.ndarray, rows: int, value=0) -> np.ndarray:
+  if x.shape[0] == rows:
+    return x
+  pad = [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+  return np.pad(x, pad, constant_values=value)
+
+
+def compute_distance_matrix(query_feats: Any, gallery_feats: Any, metric: str,
+                            chunk_size: int = 1024) -> np.ndarray:
+  """Query-gallery distances [Q, G] float32, computed in JAX `chunk_size` queries at a time.
+
+  Args:
+    query_feats: [Q, D] query embeddings.
+    gallery_feats: [G, D] gallery embeddings.
+    metric: 'euclidean_normalized' (official: L2-normalise each whole vector, then squared
+      Euclidean, = 2 - 2 cos), 'euclidean' (plain, sqrt of the squared distance clamped at 0) or
+      'cosine' (1 - cos).
+    chunk_size: queries per jitted call (the last chunk is padded so one shape compiles).
+  """
+  _check_metric(metric)
+  chunk_size = _check_positive(chunk_size, 'chunk_size')
+  q, g = _check_feature_pair(query_feats, gallery_feats)
+  g_dev, g_sq = _prepare_jit(jnp.asarray(g), metric)
+  rows = min(chunk_size, q.shape[0])
+  out = np.empty((q.shape[0], g.shape[0]), np.float32)
+  for start in range(0, q.shape[0], rows):
+    block = q[start:start + rows]
+    dist = _distance_chunk(jnp.asarray(_pad_rows(block, rows)), g_dev, g_sq, metric)
+    out[start:start + block.shape[0]] = np.asarray(dist)[:block.shape[0]]
+  return out
+
+
+# ---------------------------------------------------------------------------------- sort keys
+def _gallery_groups(g_pid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Gallery indices grouped by pid: (order [G], pid codes in that order [G])."""
+  order = np.argsort(g_pid, kind='stable')
+  return order, g_pid[order]
+
+
+def _same_pid_pairs(q_pid: np.ndarray, groups: tuple[np.ndarray, np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """All (query row, gallery index) pairs with equal pid, in O(#pairs) (no [c, G] mask)."""
+  order, sorted_pid = groups
+  lo = np.searchsorted(sorted_pid, q_pid, side='left')
+  counts = np.searchsorted(sorted_pid, q_pid, side='right') - lo
+  rows = np.repeat(np.arange(q_pid.shape[0]), counts)
+  within = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+  return rows, order[np.repeat(lo, counts) + within]
+
+
+def _sorted_keys(dist: np.ndarray, q_pid: np.ndarray, q_junk: np.ndarray, g_junk: np.ndarray,
+                 groups: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+  """Distances [c, G] float32 -> row-sorted integer keys [c, G] whose lowest bit is is_match.
+
+  Key = (distance bits as an order-preserving unsigned integer << 1) | is_match. Sorting the keys
+  sorts by distance and, at exactly equal distances, puts non-matches before matches: the
+  pessimistic tie rule. Junk items get the largest even key, so they sort after every distance
+  (inf included) and carry no flag. The flag rides along in the lowest bit, so the sorted keys
+  alone give the match positions.
+
+  Non-negative distances (the usual case) fit in uint32: the float32 bits of x >= 0 are already
+  ordered as unsigned integers and their top bit is 0, so the shift loses nothing (-0.0 becomes
+  the key of +0.0). A block with a negative distance (rounding in 1 - cos or in the unclamped
+  squared distance) uses uint64: negatives get all bits flipped, non-negatives the sign bit set.
+  """
+  smallest = dist.min()
+  if np.isnan(smallest):
+    raise ValueError('distmat contains NaN.')
+  if smallest >= 0:
+    keys = np.left_shift(dist.view(np.uint32), 1)
+  else:
+    dist = dist + np.float32(0.0)  # -0.0 + 0.0 = +0.0: both zeros get one key
+    bits = dist.view(np.uint32)
+    ordered = np.where(dist < 0, ~bits, bits | _SIGN_BIT)
+    keys = np.left_shift(ordered.astype(np.uint64), 1)
+  rows, cols = _same_pid_pairs(q_pid, groups)
+  junk = q_junk[rows] == g_junk[cols]
+  good_rows, good_cols = rows[~junk], cols[~junk]
+  keys[good_rows, good_cols] |= 1
+  keys[rows[junk], cols[junk]] = np.iinfo(keys.dtype).max - 1
+  keys.sort(axis=1)
+  return keys
+
+
+# ---------------------------------------------------------------------------------- ranking
+def _empty_stats(max_rank: int) -> dict[str, Any]:
+  return {'cmc_hits': np.zeros(max_rank, np.int64), 'ap_sum': 0.0, 'inp_sum': 0.0,
+          'num_valid': 0, 'num_skipped': 0}
+
+
+def _accumulate(stats: dict[str, Any], keys: np.ndarray, max_rank: int) -> None:
+  """Adds the metrics of one block of queries, given their row-sorted keys [c, G]."""
+  num_rows, num_gallery = keys.shape
+  size = keys.dtype.itemsize
+  flag_byte = 0 if _LITTLE_ENDIAN else size - 1
+  flags = keys.view(np.uint8).reshape(num_rows, num_gallery, size)[:, :, flag_byte] & 1
+  rows, pos = np.divmod(np.flatnonzero(flags.view(bool)), num_gallery)
+  # Row-major order: per row, the match positions (= ranks among non-junk items) ascending.
+  num_matches = np.bincount(rows, minlength=num_rows)
+  starts = np.cumsum(num_matches) - num_matches
+  # 1-based index of each match among its row's matches = #matches up to and including it.
+  nth = np.arange(rows.size) - starts[rows] + 1
+  ap = np.bincount(rows, weights=nth / (pos + 1.0), minlength=num_rows)
+  valid = num_matches > 0
+  first = pos[starts[valid]]
+  hardest = pos[starts[valid] + num_matches[valid] - 1]
+  hits = np.bincount(np.minimum(first, max_rank), minlength=max_rank + 1)[:max_rank]
+  stats['cmc_hits'] += np.cumsum(hits)
+  stats['ap_sum'] += float(np.sum(ap[valid] / num_matches[valid]))
+  stats['inp_sum'] += float(np.sum(num_matches[valid] / (hardest + 1.0)))
+  stats['num_valid'] += int(valid.sum())
+  stats['num_skipped'] += int(num_rows - valid.sum())
+
+
+def _finalize(stats: dict[str, Any], num_query: int, junk_rule: str) -> dict[str, Any]:
+  if stats['num_valid'] == 0:
+    raise ValueError(f'No valid query: none of the {num_query} queries has a gallery item of its '
+                     f'pid left after removing junk (same pid and same {junk_rule}).')
+  n = stats['num_valid']
+  return {'cmc': (stats['cmc_hits'] / n).astype(np.float32), 'mAP': stats['ap_sum'] / n,
+          'mINP': stats['inp_sum'] / n, 'num_valid_queries': n,
+          'num_skipped_queries': stats['num_skipped']}
+
+
+def rank_metrics(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
+                 max_rank: int = 50, q_sceneids: Any = None, g_sceneids: Any = None,
+                 chunk_size: int = 1024) -> dict[str, Any]:
+  """CMC, mAP and mINP of a query-gallery distance matrix (module docstring: protocol, ties).
+
+  Args:
+    distmat: [Q, G] distances (smaller = more similar); NaN is rejected.
+    q_pids, g_pids: [Q], [G] identity labels (any dtype).
+    q_camids, g_camids: [Q], [G] camera labels.
+    max_rank: CMC length.
+    q_sceneids, g_sceneids: [Q], [G] scene labels; when given, junk = same pid AND same scene
+      (MSVR310 protocol) and the cameras are not used.
+    chunk_size: queries ranked per block (memory ~ chunk_size x G x 24 bytes).
+
+  Returns:
+    {'cmc': [max_rank] float32, 'mAP': float, 'mINP': float, 'num_valid_queries': int,
+     'num_skipped_queries': int}.
+  """
+  distmat = np.asarray(distmat)
+  if distmat.ndim != 2:
+    raise ValueError(f'distmat must be 2-D [Q, G], got shape {distmat.shape}.')
+  num_query, num_gallery = distmat.shape
+  if num_query == 0:
+    raise ValueError('Empty query set: distmat has 0 rows (queries).')
+  if num_gallery == 0:
+    raise ValueError('Empty gallery: distmat has 0 columns (gallery items).')
+  if num_gallery >= 2**31:
+    raise ValueError(f'distmat has {num_gallery} gallery columns; at most 2**31 - 1 supported.')
+  max_rank = _check_positive(max_rank, 'max_rank')
+  chunk_size = _check_positive(chunk_size, 'chunk_size')
+  distmat = distmat.astype(np.float32, copy=False)
+  q_pid, g_pid, q_junk, g_junk = _protocol_labels(num_query, num_gallery, q_pids, g_pids,
+                                                  q_camids, g_camids, q_sceneids, g_sceneids)
+  groups = _gallery_groups(g_pid)
+  stats = _empty_stats(max_rank)
+  for start in range(0, num_query, chunk_size):
+    block = slice(start, start + chunk_size)
+    keys = _sorted_keys(distmat[block], q_pid[block], q_junk[block], g_junk, groups)
+    _accumulate(stats, keys, max_rank)
+  return _finalize(stats, num_query, 'scene' if q_sceneids is not None else 'camera')
+
+
+def evaluate_features(query_feats: Any, gallery_feats: Any, q_pids: Any, g_pids: Any,
+                      q_camids: Any, g_camids: Any, metric: str = 'euclidean_normalized',
+                      max_rank: int = 50, chunk_size: int = 1024, q_sceneids: Any = None,
+                      g_sceneids: Any = None,
+                      rerank: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Distances and rank metrics from features, `chunk_size` queries at a time.
+
+  Without re-ranking the Q x G matrix is never materialised: the distances of each block of
+  queries come from one jitted call and are reduced to running sums; the next block is
+  dispatched before the current one is sorted, so JAX and NumPy overlap.
+
+  Args:
+    query_feats: [Q, D]; gallery_feats: [G, D].
+    q_pids, g_pids, q_camids, g_camids, q_sceneids, g_sceneids: as in `rank_metrics`.
+    metric: one of METRICS (see `compute_distance_matrix`).
+    max_rank: CMC length.
+    chunk_size: queries per block.
+    rerank: None, or {'k1', 'k2', 'lambda_value'} for k-reciprocal re-ranking
+      (`rerank_distances`; it needs the full (Q+G) x (Q+G) matrix in memory).
+
+  Returns:
+    The dict of `rank_metrics`.
+  """
+  _check_metric(metric)
+  max_rank = _check_positive(max_rank, 'max_rank')
+  chunk_size = _check_positive(chunk_size, 'chunk_size')
+  q, g = _check_feature_pair(query_feats, gallery_feats)
+  num_query, num_gallery = q.shape[0], g.shape[0]
+  if num_gallery >= 2**31:
+    raise ValueError(f'gallery_feats has {num_gallery} rows; at most 2**31 - 1 supported.')
+  q_pid, g_pid, q_junk, g_junk = _protocol_labels(num_query, num_gallery, q_pids, g_pids,
+                                                  q_camids, g_camids, q_sceneids, g_sceneids)
+  if rerank is not None:
+    q_g = compute_distance_matrix(q, g, metric, chunk_size)
+    q_q = compute_distance_matrix(q, q, metric, chunk_size)
+    g_g = compute_distance_matrix(g, g, metric, chunk_size)
+    distmat = rerank_distances(q_g, q_q, g_g, **dict(rerank))
+    return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank,
+                        q_sceneids, g_sceneids, chunk_size)
+
+  g_dev, g_sq = _prepare_jit(jnp.asarray(g), metric)
+  groups = _gallery_groups(g_pid)
+  rows = min(chunk_size, num_query)
+
+  def dispatch(start: int) -> jax.Array:
+    block = q[start:start + rows]
+    return _distance_chunk(jnp.asarray(_pad_rows(block, rows)), g_dev, g_sq, metric)
+
+  stats = _empty_stats(max_rank)
+  starts = list(range(0, num_query, rows))
+  pending = dispatch(starts[0])
+  for i, start in enumerate(starts):
+    current = pending
+    if i + 1 < len(starts):
+      pending = dispatch(starts[i + 1])  # asynchronous: runs while NumPy sorts `current`
+    stop = min(start + rows, num_query)
+    dist = np.asarray(current)[:stop - start]
+    keys = _sorted_keys(dist, q_pid[start:stop], q_junk[start:stop], g_junk, groups)
+    del current, dist
+    _accumulate(stats, keys, max_rank)
+  return _finalize(stats, num_query, 'scene' if q_sceneids is not None else 'camera')
+
+
+def rank_metrics_loop_reference(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any,
+                                g_camids: Any, max_rank: int = 50, q_sceneids: Any = None,
+                                g_sceneids: Any = None) -> dict[str, Any]:
+  """`rank_metrics` as a plain loop over queries (official `eval_func`, pessimistic ties, padding).
+
+  Slow on purpose: it is the readable definition the benchmark measures the fast path against.
+  """
+  distmat = np.asarray(distmat, np.float32)
+  q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+  scene = q_sceneids is not None
+  q_keys = np.asarray(q_sceneids if scene else q_camids)
+  g_keys = np.asarray(g_sceneids if scene else g_camids)
+  cmcs, aps, inps = [], [], []
+  for i in range(distmat.shape[0]):
+    same_pid = g_pids == q_pids[i]
+    junk = same_pid & (g_keys == q_keys[i])
+    order = np.argsort(distmat[i], kind='stable')
+    if np.any(np.diff(distmat[i][order]) == 0):  # exact ties: non-matches first (pessimistic)
+      order = np.lexsort((same_pid & ~junk, distmat[i]))
+    keep = ~junk[order]
+    matches = same_pid[order][keep].astype(np.float64)
+    if not matches.any():
+      continue
+    cumulative = np.cumsum(matches)
+    hardest = np.flatnonzero(matches)[-1]
+    inps.append(cumulative[hardest] / (hardest + 1.0))
+    cmc = np.minimum(cumulative, 1.0)[:max_rank]
+    cmcs.append(np.pad(cmc, (0, max_rank - cmc.size), mode='edge'))
+    precision = cumulative / np.arange(1.0, matches.size + 1.0)
+    aps.append(float(np.sum(precision * matches) / matches.sum()))
+  if not aps:
+    raise ValueError('No valid query: no query has a gallery item of its pid after junk removal.')
+  return {'cmc': np.mean(cmcs, axis=0).astype(np.float32), 'mAP': float(np.mean(aps)),
+          'mINP': float(np.mean(inps)), 'num_valid_queries': len(aps),
+          'num_skipped_queries': distmat.shape[0] - len(aps)}
+
+
+# ---------------------------------------------------------------------------------- re-ranking
+def rerank_distances(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 20, k2: int = 6,
+                     lambda_value: float = 0.3) -> np.ndarray:
+  """k-reciprocal re-ranking (Zhong et al., CVPR 2017) -> new query-gallery distances [Q, G].
+
+  MEMORY: O((Q+G)^2). It builds the full (Q+G) x (Q+G) distance matrix and dense (Q+G) x (Q+G)
+  neighbour-weight matrices, so it is only for galleries of a few tens of thousands at most.
+
+  Steps (paper Sec. 3-4):
+    1. D = [[q_q, q_g], [q_g^T, g_g]], each row divided by its maximum (as the authors' release;
+       the distances are used as given: our default metric is already a squared distance).
+    2. N(p, k): the k+1 nearest items of p (p itself included), stable order.
+       R(p, k) = {x in N(p, k) : p in N(x, k)}, the k-reciprocal set.
+    3. R*(p) = R(p, k1) united with every R(x, round(k1/2)), x in R(p, k1), that shares more than
+       2/3 of its items with R(p, k1) (round half to even).
+    4. V[p, x] = exp(-D[p, x]) on R*(p), 0 elsewhere, normalised to sum 1 per row.
+    5. Local query expansion: V[p] <- mean of V over N(p, k2 - 1) (k2 nearest; skipped if k2 = 1).
+    6. Jaccard distance d_J(p, g) = 1 - sum_x min(V[p,x], V[g,x]) / sum_x max(V[p,x], V[g,x]).
+    7. d* = (1 - lambda) d_J + lambda D, on the query-gallery block.
+
+  Args:
+    q_g_dist: [Q, G]; q_q_dist: [Q, Q]; g_g_dist: [G, G] distances (non-negative).
+    k1, k2: neighbourhood sizes (config.eval.rerank_k1 / rerank_k2).
+    lambda_value: weight of the original distance (config.eval.rerank_lambda).
+  """
+  q_g = np.asarray(q_g_dist, np.float64)
+  q_q = np.asarray(q_q_dist, np.float64)
+  g_g = np.asarray(g_g_dist, np.float64)
+  if q_g.ndim != 2:
+    raise ValueError(f'q_g_dist must be 2-D [Q, G], got shape {q_g.shape}.')
+  num_query, num_gallery = q_g.shape
+  if num_query == 0 or num_gallery == 0:
+    raise ValueError(f'q_g_dist is empty (shape {q_g.shape}): empty query set or gallery.')
+  if q_q.shape != (num_query, num_query):
+    raise ValueError(f'q_q_dist must have shape {(num_query, num_query)}, got {q_q.shape}.')
+  if g_g.shape != (num_gallery, num_gallery):
+    raise ValueError(f'g_g_dist must have shape {(num_gallery, num_gallery)}, got {g_g.shape}.')
+  k1 = _check_positive(k1, 'k1')
+  k2 = _check_positive(k2, 'k2')
+  if not 0.0 <= lambda_value <= 1.0:
+    raise ValueError(f'lambda_value must be in [0, 1], got {lambda_value!r}.')
+  n = num_query + num_gallery
+  dist = np.block([[q_q, q_g], [q_g.T, g_g]])
+  if not np.all(np.isfinite(dist)):
+    raise ValueError('Re-ranking needs finite distances.')
+  row_max = dist.max(axis=1, keepdims=True)
+  dist = dist / np.where(row_max > 0, row_max, 1.0)
+
+  k1 = min(k1, n - 1)
+  k2 = min(k2, n)
+  ranking = np.argsort(dist, axis=1, kind='stable')
+  r_members, r_mask = _reciprocal_sets(ranking, k1)
+  h_members, h_mask = _reciprocal_sets(ranking, int(np.around(k1 / 2)))
+  expanded = _expand(r_members, r_mask, h_members, h_mask)   # [n, n] bool
+
+  weights = np.where(expanded, np.exp(-dist), 0.0)
+  weights /= weights.sum(axis=1, keepdims=True)   # each row holds at least p itself
+  if k2 > 1:
+    neighbours = ranking[:, :k2]
+    expanded_qe = np.empty_like(weights)
+    block = max(1, int(2**24 // (k2 * n)))
+    for start in range(0, n, block):
+      expanded_qe[start:start + block] = weights[neighbours[start:start + block]].mean(axis=1)
+    weights = expanded_qe
+
+  v_query, v_gallery = weights[:num_query], weights[num_query:]
+  jaccard = np.empty((num_query, num_gallery))
+  # Blocks of queries: sum_x min(...) over the columns some query of the block uses.
+  block = max(1, int(2**24 // (num_gallery * n)))
+  for start in range(0, num_query, block):
+    vq = v_query[start:start + block]
+    cols = np.flatnonzero(vq.any(axis=0))
+    mins = np.minimum(vq[:, None, cols], v_gallery[None, :, cols]).sum(-1)
+    # Rows sum to 1, so sum of max = 2 - sum of min.
+    jaccard[start:start + block] = 1.0 - mins / (2.0 - mins)
+  final = (1.0 - lambda_value) * jaccard + lambda_value * dist[:num_query, num_query:]
+  return final.astype(np.float32)
+
+
+def _reciprocal_sets(ranking: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """R(p, k) for all p: members [n, k+1] (N(p, k) in rank order) and a keep mask [n, k+1]."""
+  n = ranking.shape[0]
+  members = ranking[:, :k + 1]                            # N(p, k)
+  in_neighbourhood = np.zeros((n, n), bool)
+  in_neighbourhood[np.arange(n)[:, None], members] = True
+  # x in N(p, k) is kept when p in N(x, k).
+  mask = in_neighbourhood[members, np.arange(n)[:, None]]
+  return members, mask
+
+
+def _expand(r_members: np.ndarray, r_mask: np.ndarray, h_members: np.ndarray,
+            h_mask: np.ndarray) -> np.ndarray:
+  """R*(p) as [n, n] bool: R(p, k1) plus R(x, k1/2) for each x in R(p, k1) that shares more
+  than 2/3 of its members with R(p, k1)."""
+  n = r_members.shape[0]
+  rows = np.broadcast_to(np.arange(n)[:, None], r_members.shape)
+  reciprocal = np.zeros((n, n), bool)
+  reciprocal[rows[r_mask], r_members[r_mask]] = True
+  p, x = rows[r_mask], r_members[r_mask]                  # candidate pairs (p, x in R(p, k1))
+  shared = reciprocal[p[:, None], h_members[x]] & h_mask[x]   # [pairs, k1/2 + 1]
+  accept = shared.sum(axis=1) > (2.0 / 3.0) * h_mask[x].sum(axis=1)
+  p, x = p[accept], x[accept]
+  members, mask = h_members[x], h_mask[x]
+  expanded = reciprocal.copy()
+  expanded[np.broadcast_to(p[:, None], members.shape)[mask], members[mask]] = True
+  return expanded
