@@ -34,8 +34,10 @@ def compute_steps_per_epoch(sizes: Sequence[int], num_ids_per_batch: int,
                             num_instances: int) -> int:
   """Steps S of one epoch for ids with `sizes` triplets each.
 
-  S is the smallest value with S * P >= sum_i min(c_i, S), c_i = max(1, n_i // K): all natural
-  chunks fit (an id contributes at most S of them, one per batch).
+  With c_i = max(1, n_i // K) natural chunks per id and C = sum_i c_i, S is the largest fixed
+  point of S = ceil(sum_i min(c_i, S) / P) not above ceil(C / P): every natural chunk is used
+  once, except that an id contributes at most S chunks (one per batch), and the S x P slots are
+  then just enough for them. Iterating from ceil(C / P) reaches it, since the map is monotone.
   """
   sizes = np.asarray(sizes, dtype=np.int64)
   if num_ids_per_batch <= 0 or num_instances <= 0:
