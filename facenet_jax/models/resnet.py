@@ -1,0 +1,193 @@
+"""ResNet v1.5 backbone (depth 18/34/50/101) in flax.linen, numerically matching torchvision.
+
+Layout (NHWC throughout):
+
+    stem    7x7/2 conv (pad 3) -> BN -> ReLU -> 3x3/2 max-pool (pad 1)      [B, H/4, W/4, 64]
+    layer1  blocks at stride 1                                               [B, H/4,  W/4,  64 e]
+    layer2  first block stride 2                                             [B, H/8,  W/8,  128 e]
+    layer3  first block stride 2                                             [B, H/16, W/16, 256 e]
+    layer4  first block stride `last_stride` (re-id uses 1)                  [B, H/16, W/16, 512 e]
+
+with e = 1 for basic blocks (depth 18/34) and e = 4 for bottlenecks (depth 50/101).
+
+torchvision details that are matched exactly (so converted ImageNet weights give the same
+feature map, see `facenet_jax.pretrained` and tests/test_pretrained.py):
+  * explicit symmetric padding (torch pads 3 / 1 on both sides; 'SAME' would pad (2, 3) for the
+    stride-2 7x7 conv on even inputs);
+  * the max-pool pads with -inf (lax.reduce_window pads with its init value, -inf for max);
+  * v1.5: the bottleneck puts the stride on the 3x3 conv, not on the first 1x1;
+  * the projection shortcut (1x1 conv with stride + BN) exists only when the stride or the width
+    changes; BatchNorm eps 1e-5 and momentum 0.1 in torch terms (0.9 in flax terms).
+  One difference remains: flax updates the running variance with the biased batch variance, torch
+  with the unbiased one. It only affects the running statistics during training, never eval numerics
+  of given weights.
+
+The stages are separate submodules (`stem`, `layer1` .. `layer4`) with the methods
+`forward_stem` / `forward_stage`, so `facenet.py` can run stages 1..L, plug MFMP/FCE in after stage
+L (paper Table 4) and then run the remaining stages.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# depth -> (block type, blocks per stage), as in torchvision.
+RESNET_SPECS = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+}
+STAGE_WIDTHS = (64, 128, 256, 512)
+EXPANSION = {'basic': 1, 'bottleneck': 4}
+
+BN_MOMENTUM = 0.9  # torch momentum 0.1
+BN_EPSILON = 1e-5
+
+# torchvision initialises convs with kaiming_normal(mode='fan_out', nonlinearity='relu'); jax's
+# variance_scaling 'normal' is the same untruncated normal.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def stage_channels(depth: int) -> tuple[int, int, int, int]:
+  """Output channels of layer1..layer4 for a ResNet of this depth."""
+  check_depth(depth)
+  block, _ = RESNET_SPECS[depth]
+  return tuple(w * EXPANSION[block] for w in STAGE_WIDTHS)
+
+
+def check_depth(depth: int) -> None:
+  if depth not in RESNET_SPECS:
+    raise ValueError(
+        f'model.depth={depth!r} is not a supported ResNet depth; choose one of '
+        f'{sorted(RESNET_SPECS)}.')
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  pad = (kernel - 1) // 2  # torch's symmetric padding for odd kernels
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+                 param_dtype=jnp.float32, kernel_init=conv_kernel_init, name=name)
+
+
+def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                      epsilon=BN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (ResNet-18/34). `[B, H, W, Cin] -> [B, H/s, W/s, features]`."""
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = _conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
+    y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+    y = _conv(self.features, 3, 1, self.dtype, 'conv2')(y)
+    y = _batch_norm(train, self.dtype, 'bn2')(y)
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      shortcut = _conv(self.features, 1, self.stride, self.dtype, 'downsample_conv')(x)
+      shortcut = _batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
+    return nn.relu(y + shortcut)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (stride here: v1.5) -> 1x1 (x4). `[B, H, W, Cin] -> [B, H/s, W/s, 4 features]`."""
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    out_features = self.features * EXPANSION['bottleneck']
+    y = _conv(self.features, 1, 1, self.dtype, 'conv1')(x)
+    y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+    y = _conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
+    y = nn.relu(_batch_norm(train, self.dtype, 'bn2')(y))
+    y = _conv(out_features, 1, 1, self.dtype, 'conv3')(y)
+    y = _batch_norm(train, self.dtype, 'bn3')(y)
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != out_features:
+      shortcut = _conv(out_features, 1, self.stride, self.dtype, 'downsample_conv')(x)
+      shortcut = _batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
+    return nn.relu(y + shortcut)
+
+
+class Stem(nn.Module):
+  """7x7/2 conv (pad 3), BN, ReLU, 3x3/2 max-pool (pad 1). `[B, H, W, 3] -> [B, H/4, W/4, 64]`."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = _conv(64, 7, 2, self.dtype, 'conv')(x.astype(self.dtype))
+    x = nn.relu(_batch_norm(train, self.dtype, 'bn')(x))
+    # Padded with -inf like torch's MaxPool2d(3, 2, padding=1).
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class Stage(nn.Module):
+  """One ResNet stage (torchvision `layerN`): `num_blocks` blocks, the first with `stride`."""
+  block: str
+  features: int
+  num_blocks: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    block_cls = BasicBlock if self.block == 'basic' else Bottleneck
+    for i in range(self.num_blocks):
+      x = block_cls(self.features, self.stride if i == 0 else 1, self.dtype,
+                    name=f'block_{i}')(x, train)
+    return x
+
+
+class ResNet(nn.Module):
+  """ResNet v1.5 feature extractor without the classifier.
+
+  `ResNet(depth=50, last_stride=1).apply(variables, x, train=False)` with `x: [B, H, W, 3]` returns
+  the layer4 map `[B, H/16, W/16, 2048]` (`[B, H/32, W/32, 2048]` with last_stride=2).
+  Parameters are float32; convolutions and BatchNorm compute in `dtype`.
+  """
+  depth: int = 50
+  last_stride: int = 1
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    check_depth(self.depth)
+    if self.last_stride not in (1, 2):
+      raise ValueError(f'model.last_stride={self.last_stride!r} must be 1 or 2.')
+    block, counts = RESNET_SPECS[self.depth]
+    strides = (1, 2, 2, self.last_stride)
+    self.stem = Stem(self.dtype)
+    # Explicit attribute names keep the parameter tree readable: stem, layer1..layer4.
+    self.layer1 = Stage(block, STAGE_WIDTHS[0], counts[0], strides[0], self.dtype)
+    self.layer2 = Stage(block, STAGE_WIDTHS[1], counts[1], strides[1], self.dtype)
+    self.layer3 = Stage(block, STAGE_WIDTHS[2], counts[2], strides[2], self.dtype)
+    self.layer4 = Stage(block, STAGE_WIDTHS[3], counts[3], strides[3], self.dtype)
+
+  def forward_stem(self, x: jax.Array, train: bool) -> jax.Array:
+    """`[B, H, W, 3] -> [B, H/4, W/4, 64]`."""
+    return self.stem(x, train)
+
+  def forward_stage(self, index: int, x: jax.Array, train: bool) -> jax.Array:
+    """Runs stage `index` (1..4, torchvision's `layer{index}`) on the previous stage's output."""
+    stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+    if not 1 <= index <= 4:
+      raise ValueError(f'stage index {index!r} must be in 1..4')
+    return stages[index - 1](x, train)
+
+  def __call__(self, x: jax.Array, train: bool = False,
+               return_stages: bool = False) -> jax.Array | Sequence[jax.Array]:
+    """`[B, H, W, 3]` -> the layer4 map, or the outputs of layer1..layer4 if `return_stages`."""
+    x = self.forward_stem(x, train)
+    outputs = []
+    for index in range(1, 5):
+      x = self.forward_stage(index, x, train)
+      outputs.append(x)
+    return tuple(outputs) if return_stages else x
