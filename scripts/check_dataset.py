@@ -1,0 +1,103 @@
+r"""Validate a dataset tree: print counts per split and every problem found.
+
+    python scripts/check_dataset.py --dataset wmveid863 --root /data/WMVeID863 \
+        [--skip_images] [--prepare_tfds --tfds_data_dir /data/tfds]
+
+Counts: identities, triplets, cameras and scenes per split, the flare pseudo-label rate under both
+rules (decodes every image; --skip_images only reads the tree), training ids with a single
+triplet (kept; the sampler repeats them) and queries without a gallery match from another
+camera. Problems: everything the reader rejects (missing folders, unpaired or unparseable files,
+empty splits) and every image that cannot be decoded. Exits with status 1 if there are problems.
+With --prepare_tfds a clean tree is then prepared into TFDS shards (offline).
+"""
+
+import collections
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import numpy as np
+
+from input_pipeline import flare_label
+from input_pipeline import records
+
+_DATASET = flags.DEFINE_enum('dataset', 'wmveid863', list(records.DATASETS), 'Dataset layout.')
+_ROOT = flags.DEFINE_string('root', None, 'Dataset root (as data.root).')
+_SKIP_IMAGES = flags.DEFINE_bool('skip_images', False, 'Do not decode images (no flare rate).')
+_PREPARE_TFDS = flags.DEFINE_bool('prepare_tfds', False, 'Prepare TFDS shards if the tree is clean.')
+_TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', '', 'TFDS data dir (as data.tfds_data_dir).')
+
+
+def check_dataset(dataset: str, root: str, decode_images: bool = True
+                  ) -> tuple[list[str], list[str]]:
+  """Returns (report lines, problems) for the tree at `root`."""
+  splits, problems = records.scan_splits(dataset, root)
+  lines = [f'{dataset} at {root}']
+  header = f'{"split":<8} {"ids":>5} {"triplets":>8} {"cameras":<18} {"scene ids":>9}'
+  if decode_images:
+    header += f' {"flare paper (RGB, NI)":>22} {"flare official":>14}'
+  lines.append(header)
+  for split in records.SPLITS:
+    recs = getattr(splits, split)
+    cams = sorted({r.camid for r in recs})
+    scenes = len({r.scene for r in recs if r.scene >= 0})
+    line = (f'{split:<8} {records.num_classes(recs):>5} {len(recs):>8} '
+            f'{",".join(map(str, cams)):<18} {scenes:>9}')
+    if decode_images:
+      paper, official, bad = [], [], 0
+      for r in recs:
+        try:
+          rgb, ni, _ = records.load_triplet(r)
+        except records.DatasetError as e:
+          problems.append(str(e))
+          bad += 1
+          continue
+        paper.append(flare_label.flare_bits(rgb, ni, 'paper'))
+        official.append(flare_label.flare_bits(rgb, ni, 'official')[0])
+      if paper:
+        p = 100 * np.mean(paper, axis=0)
+        line += f' {p[0]:>10.1f}%, {p[1]:>5.1f}% {100 * np.mean(official):>13.1f}%'
+    lines.append(line)
+  single = records.single_image_ids(splits.train)
+  if single:
+    lines.append(f'note: {len(single)} training ids have a single triplet (kept, sampled with '
+                 f'replacement): labels {single[:20]}{" ..." if len(single) > 20 else ""}')
+  gallery_cams = collections.defaultdict(set)
+  for g in splits.gallery:
+    gallery_cams[g.pid].add(g.camid)
+  orphans = [q for q in splits.query if not gallery_cams[q.pid] - {q.camid}]
+  if orphans:
+    lines.append(f'note: {len(orphans)} of {len(splits.query)} queries have no gallery match from '
+                 f'another camera (skipped by the camera protocol), e.g. {orphans[0].rgb_path}')
+  return lines, problems
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not _ROOT.value:
+    raise app.UsageError('--root is required')
+  try:
+    lines, problems = check_dataset(_DATASET.value, _ROOT.value, not _SKIP_IMAGES.value)
+  except records.DatasetError as e:
+    print(f'problem: {e}')
+    return 1
+  print('\n'.join(lines))
+  if problems:
+    print(f'{len(problems)} problems:')
+    for p in problems:
+      print(f'  {p}')
+    return 1
+  print('no problems found')
+  if _PREPARE_TFDS.value:
+    from input_pipeline import tfds_builders  # pylint: disable=g-import-not-at-top
+    builder = tfds_builders.prepare(_DATASET.value, _ROOT.value, _TFDS_DATA_DIR.value or None)
+    print(f'prepared TFDS dataset {builder.name} in {builder.data_dir}')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(lambda argv: sys.exit(main(argv)))

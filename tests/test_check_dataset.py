@@ -1,0 +1,50 @@
+"""scripts/check_dataset.py and scripts/make_synthetic.py end to end (subprocesses, no TensorFlow)."""
+
+import os
+import subprocess
+import sys
+
+from tests import fake_trees
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts')
+
+
+def _run(script, *args):
+  proc = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args],
+                        capture_output=True, text=True, timeout=120)
+  return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_clean_synthetic_tree(tmp_path):
+  out = str(tmp_path / 'syn')
+  rc, text = _run('make_synthetic.py', '--out', out, '--num_ids', '6', '--triplets_per_id', '3',
+                  '--height', '32', '--width', '16', '--flare_fraction', '0.5')
+  assert rc == 0, text
+  assert 'train 12 triplets / 4 ids' in text
+  rc, text = _run('check_dataset.py', '--dataset', 'wmveid863', '--root', out)
+  assert rc == 0, text
+  assert 'no problems found' in text
+  train_line = next(line for line in text.splitlines() if line.startswith('train'))
+  assert train_line.split()[1:3] == ['4', '12']
+  assert '%' in train_line
+
+
+def test_every_problem_is_listed(tmp_path):
+  root = fake_trees.simple_wmveid863(str(tmp_path / 'wmv'))
+  os.remove(os.path.join(root, 'train', '0007', 'th', 'v5_n0_s007_001.png'))
+  fake_trees.make_wmveid863(root, {'train': {3: ['badname.png']}})
+  broken = os.path.join(root, 'test', '0031', 'vis', 'v3_n1_s013_001.png')
+  with open(broken, 'wb') as f:
+    f.write(b'broken')
+  rc, text = _run('check_dataset.py', '--dataset', 'wmveid863', '--root', root)
+  assert rc == 1
+  assert '3 problems:' in text
+  assert 'v5_n0_s007_001.png: no partner' in text
+  assert 'badname.png: cannot parse' in text
+  assert f'{broken}: unreadable or truncated' in text
+  assert 'single triplet' in text   # raw id 20
+
+
+def test_missing_root_is_reported(tmp_path):
+  rc, text = _run('check_dataset.py', '--dataset', 'msvr310', '--root', str(tmp_path / 'none'))
+  assert rc == 1 and 'data.root' in text
