@@ -236,8 +236,8 @@ def _sorted_keys(dist: np.ndarray, q_pid: np.ndarray, q_junk: np.ndarray, g_junk
   if smallest >= 0:
     keys = np.left_shift(dist.view(np.uint32), 1)
   else:
-    dist = dist + np.float32(0.0)  # -0.0 + 0.0 = +0.0: both zeros get one key
     bits = dist.view(np.uint32)
+    # -0.0 < 0 is False, so -0.0 takes the second branch and gets the key of +0.0.
     ordered = np.where(dist < 0, ~bits, bits | _SIGN_BIT)
     keys = np.left_shift(ordered.astype(np.uint64), 1)
   rows, cols = _same_pid_pairs(q_pid, groups)
