@@ -90,9 +90,17 @@ def top1_accuracy(logits: Array, labels: Array) -> Array:
 # ------------------------------------------------------------------------------ triplet
 
 
+def _safe_norm(x: Array, axis: int = -1, keepdims: bool = False) -> Array:
+  """L2 norm whose gradient stays finite at x = 0 (jnp.linalg.norm's is NaN there).
+
+  Equal to the plain norm whenever the squared norm exceeds 1e-30.
+  """
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=keepdims), 1e-30))
+
+
 def l2_normalize(x: Array) -> Array:
   """Rows of x [B, D] divided by (their L2 norm + 1e-12), as the official helper."""
-  return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + NORMALIZE_EPS)
+  return x / (_safe_norm(x, keepdims=True) + NORMALIZE_EPS)
 
 
 def pairwise_euclidean_distance(x: Array) -> Array:
@@ -291,8 +299,8 @@ def _squared_distance(a: Array, b: Array) -> Array:
 
 def _cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
   """Row-wise cosine similarity, norms clamped at eps as torch; [B, D] x2 -> [B]."""
-  norm_a = jnp.maximum(jnp.linalg.norm(a, axis=-1), eps)
-  norm_b = jnp.maximum(jnp.linalg.norm(b, axis=-1), eps)
+  norm_a = jnp.maximum(_safe_norm(a), eps)
+  norm_b = jnp.maximum(_safe_norm(b), eps)
   return jnp.sum(a * b, axis=-1) / (norm_a * norm_b)
 
 

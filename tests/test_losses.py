@@ -236,6 +236,11 @@ def test_triplet_gradient_finite_with_duplicate_features(margin):
   labels = jnp.array([0, 0, 1, 2])
   grad = jax.jit(jax.grad(lambda f: losses.batch_hard_triplet_loss(f, labels, margin)))(x)
   assert np.all(np.isfinite(np.asarray(grad)))
+  # A zero row with normalisation: the norm's gradient at 0 must not produce NaN.
+  zero_row = x.at[0].set(0.0)
+  grad = jax.jit(jax.grad(lambda f: losses.batch_hard_triplet_loss(f, labels, margin, True)))(
+      zero_row)
+  assert np.all(np.isfinite(np.asarray(grad)))
   # All rows identical: every distance is at the clamp.
   grad = jax.jit(jax.grad(lambda f: losses.batch_hard_triplet_loss(f, labels, margin, True)))(
       jnp.ones((4, 3)))
