@@ -407,3 +407,19 @@ def test_rerank_errors_name_the_argument():
     evaluation.rerank_distances(q_g, q_q, g_g, lambda_value=1.5)
   with pytest.raises(ValueError, match='k1'):
     evaluation.rerank_distances(q_g, q_q, g_g, k1=0)
+
+
+# ---------------------------------------------------------------------------------- benchmark
+def test_benchmark_runs_and_both_rankers_agree():
+  from facenet_jax import eval_benchmark  # pylint: disable=g-import-not-at-top
+  result = eval_benchmark.benchmark_rank_metrics(40, 60, dim=8, num_ids=6, num_cams=3,
+                                                 chunk_size=16, repeats=1)
+  assert result['agree_with_loop']
+  for key in ('rank_vectorised_s', 'rank_loop_reference_s', 'features_to_metrics_s',
+              'distance_matrix_s', 'peak_rss_gib'):
+    assert result[key] > 0
+  assert '40 x 60' in eval_benchmark.format_result(result)
+  # Above max_matrix_gib only the chunked path runs.
+  chunked = eval_benchmark.benchmark_rank_metrics(40, 60, dim=8, num_ids=6, num_cams=3,
+                                                  repeats=1, max_matrix_gib=0.0)
+  assert 'rank_vectorised_s' not in chunked and chunked['features_to_metrics_s'] > 0
