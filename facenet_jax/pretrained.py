@@ -23,6 +23,7 @@ torchvision name -> `facenet_jax.models.resnet.ResNet` variable:
 is an error that lists the keys.
 """
 
+import functools
 import os
 from typing import Any, Mapping
 
@@ -43,8 +44,10 @@ def _is_ignored_torch_key(name: str) -> bool:
   return name.startswith('fc.') or name.endswith('num_batches_tracked')
 
 
+@functools.lru_cache(maxsize=None)
 def backbone_shapes(depth: int) -> dict[str, dict[str, Any]]:
-  """Expected `{'params', 'batch_stats'}` tree of `ResNet(depth)` as ShapeDtypeStructs."""
+  """Expected `{'params', 'batch_stats'}` tree of `ResNet(depth)` as ShapeDtypeStructs (cached:
+  treat as read-only)."""
   resnet.check_depth(depth)
   model = resnet.ResNet(depth=depth)
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)

@@ -1,0 +1,98 @@
+"""ResNet backbone: shapes, parameter counts against torchvision, staged calls, dtype, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from facenet_jax.models import resnet
+
+# torchvision's published parameter counts minus the 1000-way fc layer (512e * 1000 + 1000).
+TORCHVISION_PARAMS_WITHOUT_FC = {
+    18: 11_689_512 - 513_000,
+    34: 21_797_672 - 513_000,
+    50: 25_557_032 - 2_049_000,
+    101: 44_549_160 - 2_049_000,
+}
+
+
+def _shapes(model, image_shape, **kwargs):
+  x = jax.ShapeDtypeStruct(image_shape, jnp.float32)
+
+  def run(x):
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    return variables, model.apply(variables, x, train=False, **kwargs)
+
+  return jax.eval_shape(run, x)
+
+
+@pytest.mark.parametrize('depth', [18, 34, 50, 101])
+def test_parameter_count_matches_torchvision(depth):
+  variables, _ = _shapes(resnet.ResNet(depth=depth), (1, 64, 32, 3))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
+  assert count == TORCHVISION_PARAMS_WITHOUT_FC[depth]
+
+
+@pytest.mark.parametrize('depth,channels', [(18, 512), (50, 2048)])
+@pytest.mark.parametrize('last_stride,out_hw', [(1, (4, 2)), (2, (2, 1))])
+def test_feature_map_shape(depth, channels, last_stride, out_hw):
+  _, out = _shapes(resnet.ResNet(depth=depth, last_stride=last_stride), (3, 64, 32, 3))
+  assert out.shape == (3, *out_hw, channels)
+  assert out.dtype == jnp.float32
+
+
+def test_return_stages_gives_the_four_stage_outputs():
+  _, outs = _shapes(resnet.ResNet(depth=50), (2, 64, 32, 3), return_stages=True)
+  assert [o.shape for o in outs] == [(2, 16, 8, 256), (2, 8, 4, 512), (2, 4, 2, 1024),
+                                     (2, 4, 2, 2048)]
+  assert resnet.stage_channels(50) == (256, 512, 1024, 2048)
+  assert resnet.stage_channels(34) == (64, 128, 256, 512)
+
+
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
+  variables, out = _shapes(resnet.ResNet(depth=18, dtype=jnp.bfloat16), (2, 64, 32, 3))
+  assert out.dtype == jnp.bfloat16
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+
+
+def test_staged_calls_equal_the_full_forward_pass():
+  model = resnet.ResNet(depth=18)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
+  variables, _ = _shapes(model, x.shape)
+  variables = jax.tree.map(lambda s: 0.1 * rng.normal(size=s.shape).astype(np.float32) + (
+      1.0 if len(s.shape) == 1 else 0.0), variables)  # BN vectors near 1, kernels small
+
+  def staged(module, x):
+    h = module.forward_stem(x, False)
+    outs = []
+    for i in range(1, 5):
+      h = module.forward_stage(i, h, False)
+      outs.append(h)
+    return outs
+
+  stage_by_stage = model.apply(variables, x, method=staged)
+  full = model.apply(variables, x, return_stages=True)
+  for a, b in zip(stage_by_stage, full):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(jnp.abs(full[-1]).max()) > 0
+
+
+def test_stem_downsamples_by_four_with_torch_padding():
+  # 7x7/2 pad 3 then 3x3/2 pad 1 (torch): 33x17 -> 17x9 -> 9x5. 'SAME' padding would agree on
+  # sizes but not on values; the values are covered by the parity test in test_pretrained.py.
+  def run(x):
+    stem = resnet.Stem()
+    return stem.apply(stem.init(jax.random.PRNGKey(0), x, train=False), x, train=False)
+
+  out = jax.eval_shape(run, jax.ShapeDtypeStruct((1, 33, 17, 3), jnp.float32))
+  assert out.shape == (1, 9, 5, 64)
+
+
+def test_unsupported_depth_and_last_stride_name_the_field():
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  with pytest.raises(ValueError, match='model.depth=42'):
+    jax.eval_shape(lambda x: resnet.ResNet(depth=42).init(jax.random.PRNGKey(0), x), x)
+  with pytest.raises(ValueError, match='model.last_stride=3'):
+    jax.eval_shape(lambda x: resnet.ResNet(depth=18, last_stride=3).init(
+        jax.random.PRNGKey(0), x), x)
