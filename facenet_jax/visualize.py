@@ -108,7 +108,7 @@ def plot_cmc(cmc: Any, path: str | os.PathLike, title: str = 'CMC') -> None:
       ax.plot([k], [100.0 * cmc[k - 1]], 'o', color='tab:red', markersize=4)
       ax.annotate(f'R-{k} {100.0 * cmc[k - 1]:.1f}', (k, 100.0 * cmc[k - 1]),
                   textcoords='offset points', xytext=(6, -12), fontsize=8)
-  ax.set_xlim(1, max(cmc.size, 2))
+  ax.set_xlim(0.5, cmc.size + 0.5)  # room for the R-1 marker
   ax.set_ylim(0, 100)
   ax.set_xlabel('rank')
   ax.set_ylabel('matching rate (%)')
