@@ -110,17 +110,16 @@ def erase(image: np.ndarray, params: AugmentParams) -> np.ndarray:
   return image
 
 
-def augment_batch(triplets: list[tuple[np.ndarray, ...]], rngs: list[np.random.Generator],
-                  data_config) -> tuple[np.ndarray, ...]:
-  """Train-time flip / pad + crop / normalise / erase of a batch of resized triplets.
+def crop_batch(triplets: list[tuple[np.ndarray, ...]], rngs: list[np.random.Generator],
+               data_config) -> tuple[list[np.ndarray], list[list[AugmentParams]]]:
+  """The uint8 part of the train transform: draws, flips, pads and crops a batch of triplets.
 
   Args:
     triplets: B tuples of M uint8 [H, W, 3] images (M = 3 modalities), all the same size.
     rngs: B generators, one per row (`row_rng`).
-    data_config: reads hflip_prob, pad_pixels, random_erasing_prob, shared_augmentation,
-      mean, std.
+    data_config: reads hflip_prob, pad_pixels, random_erasing_prob, shared_augmentation.
   Returns:
-    M float32 arrays [B, H, W, 3].
+    (M uint8 arrays [B, H, W, 3], M lists of B AugmentParams).
   """
   num_mod = len(triplets[0])
   size = triplets[0][0].shape[:2]
@@ -135,10 +134,28 @@ def augment_batch(triplets: list[tuple[np.ndarray, ...]], rngs: list[np.random.G
       p = shared if shared is not None else draw()
       crops[m].append(flip_pad_crop(image, p, data_config.pad_pixels))
       params[m].append(p)
+  return [np.stack(c) for c in crops], params
+
+
+def erase_fill(params: list[AugmentParams], image_shape: tuple[int, ...]) -> np.ndarray:
+  """float32 [B, H, W, C]: the erasing noise inside each row's box, NaN elsewhere."""
+  fill = np.full((len(params), *image_shape), np.nan, np.float32)
+  for b, p in enumerate(params):
+    erase(fill[b], p)
+  return fill
+
+
+def augment_batch(triplets: list[tuple[np.ndarray, ...]], rngs: list[np.random.Generator],
+                  data_config) -> tuple[np.ndarray, ...]:
+  """Train-time flip / pad + crop / normalise / erase of a batch of resized triplets.
+
+  Same arguments as `crop_batch` (plus data.mean, data.std); returns M float32 [B, H, W, 3].
+  """
+  crops, params = crop_batch(triplets, rngs, data_config)
   out = []
-  for m in range(num_mod):
-    x = normalize(np.stack(crops[m]), data_config.mean, data_config.std)
-    for b, p in enumerate(params[m]):
+  for x, ps in zip(crops, params):
+    x = normalize(x, data_config.mean, data_config.std)
+    for b, p in enumerate(ps):
       erase(x[b], p)
     out.append(x)
   return tuple(out)

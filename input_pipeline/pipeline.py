@@ -139,19 +139,49 @@ def clear_cache() -> None:
     _STORES.clear()
 
 
-def _output_signature(rows: int, image_size, with_eval_keys: bool):
+def _raw_signature(rows: int, image_size, erase: bool, eval_keys: bool) -> dict:
+  """Specs of a raw batch: uint8 images (+ float32 erase fills), metadata."""
   h, w = image_size
-  spec = {m: tf.TensorSpec([rows, h, w, 3], tf.float32) for m in MODALITIES}
+  spec = {m: tf.TensorSpec([rows, h, w, 3], tf.uint8) for m in MODALITIES}
+  if erase:
+    spec.update({f'{m}_erase': tf.TensorSpec([rows, h, w, 3], tf.float32) for m in MODALITIES})
   spec.update(pid=tf.TensorSpec([rows], tf.int32), camid=tf.TensorSpec([rows], tf.int32),
               scene=tf.TensorSpec([rows], tf.int32), flare=tf.TensorSpec([rows, 2], tf.int32))
-  if with_eval_keys:
+  if eval_keys:
     spec.update(mask=tf.TensorSpec([rows], tf.bool), index=tf.TensorSpec([rows], tf.int32))
   return spec
 
 
+def _finish(raw: dict, data_config, xp) -> dict:
+  """Raw batch -> output batch: normalise the uint8 images, apply erasing fills, zero padding.
+
+  `xp` is `np` (reference, used by the *_batch_fn functions) or `tf` (inside the tf.data graph,
+  where the arithmetic runs multi-threaded outside the Python lock). Both compute
+  float32(x) * (1 / (255 std)) - mean / std, the same float32 operations.
+  """
+  mean = np.asarray(data_config.mean, np.float32)
+  inv_std = np.float32(1.0) / np.asarray(data_config.std, np.float32)
+  scale, offset = inv_std / np.float32(255.0), mean * inv_std
+  out = {k: v for k, v in raw.items() if k not in MODALITIES and not k.endswith('_erase')}
+  for m in MODALITIES:
+    x = (xp.cast(raw[m], xp.float32) if xp is tf else raw[m].astype(np.float32)) * scale - offset
+    if f'{m}_erase' in raw:
+      fill = raw[f'{m}_erase']
+      x = xp.where(xp.math.is_nan(fill) if xp is tf else np.isnan(fill), x, fill)
+    if 'mask' in raw:   # padding rows are all zeros
+      keep = xp.reshape(raw['mask'], (-1, 1, 1, 1))
+      x = xp.where(keep, x, xp.zeros_like(x))
+    out[m] = x
+  return out
+
+
 def _map_numpy(ds: tf.data.Dataset, fn: Callable[[int], dict], signature: dict,
                data_config) -> tf.data.Dataset:
-  """ds of int64 scalars -> ds of dicts from `fn(int)`, run in parallel, in order, prefetched."""
+  """ds of int64 scalars -> ds of output batches: `fn(int)` in Python, `_finish` in the graph.
+
+  Runs data.num_parallel_calls batches at a time, keeps their order, prefetches
+  data.prefetch_batches.
+  """
   keys = sorted(signature)
 
   def py(x):
@@ -160,7 +190,8 @@ def _map_numpy(ds: tf.data.Dataset, fn: Callable[[int], dict], signature: dict,
 
   def tf_fn(x):
     values = tf.numpy_function(py, [x], [signature[k].dtype for k in keys], stateful=False)
-    return {k: tf.ensure_shape(v, signature[k].shape) for k, v in zip(keys, values)}
+    raw = {k: tf.ensure_shape(v, signature[k].shape) for k, v in zip(keys, values)}
+    return _finish(raw, data_config, tf)
 
   parallel = tf.data.AUTOTUNE if data_config.num_parallel_calls < 0 else \
       data_config.num_parallel_calls
@@ -188,13 +219,9 @@ def train_steps_per_epoch(records: Sequence[Record], data_config) -> int:
                                              data_config.num_instances)
 
 
-def make_train_batch_fn(records: Sequence[Record], data_config, process_index: int = 0,
-                        process_count: int = 1) -> Callable[[int], dict[str, np.ndarray]]:
-  """The pure function step -> this process's share of the training batch at `step`.
-
-  The global batch is P x K rows grouped by id; process p gets ids p*P/n .. (p+1)*P/n - 1, i.e.
-  rows [p*B/n, (p+1)*B/n), so concatenating the processes' shards gives the global batch.
-  """
+def _train_source(records: Sequence[Record], data_config, process_index: int,
+                  process_count: int) -> tuple[Callable[[int], dict], dict]:
+  """(step -> raw batch of this process, its signature)."""
   if not records:
     raise ValueError('make_train_stream: no training records')
   p = data_config.num_ids_per_batch
@@ -205,19 +232,35 @@ def make_train_batch_fn(records: Sequence[Record], data_config, process_index: i
   store = _get_store(records, data_config, 'bicubic')
   rows = sampler.batch_size // process_count
   row0 = process_index * rows
+  erasing = data_config.random_erasing_prob > 0
   lock = threading.Lock()
 
-  def batch_fn(step: int) -> dict[str, np.ndarray]:
+  def raw_fn(step: int) -> dict[str, np.ndarray]:
     with lock:  # the sampler caches one epoch plan; keep its use serial
       indices = sampler.batch_indices_for_step(step)[row0:row0 + rows]
     triplets, flares = zip(*(store.get(int(i)) for i in indices))
     rngs = [augment.row_rng(data_config.seed, step, row0 + r) for r in range(rows)]
-    images = augment.augment_batch(list(triplets), rngs, data_config)
-    batch = dict(zip(MODALITIES, images))
+    crops, params = augment.crop_batch(list(triplets), rngs, data_config)
+    batch = dict(zip(MODALITIES, crops))
+    if erasing:
+      for m, ps in zip(MODALITIES, params):
+        batch[f'{m}_erase'] = augment.erase_fill(ps, crops[0].shape[1:])
     batch.update(_meta(records, indices), flare=np.stack(flares).astype(np.int32))
     return batch
 
-  return batch_fn
+  return raw_fn, _raw_signature(rows, data_config.image_size, erasing, False)
+
+
+def make_train_batch_fn(records: Sequence[Record], data_config, process_index: int = 0,
+                        process_count: int = 1) -> Callable[[int], dict[str, np.ndarray]]:
+  """The pure function step -> this process's share of the training batch at `step` (NumPy).
+
+  The global batch is P x K rows grouped by id; process p gets ids p*P/n .. (p+1)*P/n - 1, i.e.
+  rows [p*B/n, (p+1)*B/n), so concatenating the processes' shards gives the global batch.
+  `make_train_stream` yields the same batches, computed in parallel by tf.data.
+  """
+  raw_fn, _ = _train_source(records, data_config, process_index, process_count)
+  return lambda step: _finish(raw_fn(step), data_config, np)
 
 
 def make_train_stream(records: Sequence[Record], data_config, start_step: int = 0,
@@ -229,30 +272,30 @@ def make_train_stream(records: Sequence[Record], data_config, start_step: int = 
   per id): 'rgb', 'ni', 'ti' float32 [B, H, W, 3] (normalised), 'pid', 'camid', 'scene'
   int32 [B], 'flare' int32 [B, 2].
   """
-  batch_fn = make_train_batch_fn(records, data_config, process_index, process_count)
-  rows = data_config.num_ids_per_batch * data_config.num_instances // process_count
+  raw_fn, signature = _train_source(records, data_config, process_index, process_count)
   ds = tf.data.Dataset.counter(start=start_step)
-  ds = _map_numpy(ds, batch_fn, _output_signature(rows, data_config.image_size, False), data_config)
-  return ds.as_numpy_iterator()
+  return _map_numpy(ds, raw_fn, signature, data_config).as_numpy_iterator()
 
 
-def make_eval_batch_fn(records: Sequence[Record], data_config, batch_size: int
-                       ) -> Callable[[int], dict[str, np.ndarray]]:
-  """The function batch number -> padded eval batch (bilinear resize, normalise, no augmentation)."""
+def _eval_source(records: Sequence[Record], data_config, batch_size: int
+                 ) -> tuple[Callable[[int], dict], dict]:
+  """(batch number -> raw padded eval batch, its signature); bilinear resize, no augmentation."""
+  if batch_size <= 0:
+    raise ValueError(f'data.eval_batch_size: must be positive, got {batch_size}')
   store = _get_store(records, data_config, 'bilinear')
   h, w = data_config.image_size
 
-  def batch_fn(b: int) -> dict[str, np.ndarray]:
+  def raw_fn(b: int) -> dict[str, np.ndarray]:
     indices = np.arange(b * batch_size, min((b + 1) * batch_size, len(records)))
     n = len(indices)
-    batch = {m: np.zeros((batch_size, h, w, 3), np.float32) for m in MODALITIES}
+    batch = {m: np.zeros((batch_size, h, w, 3), np.uint8) for m in MODALITIES}
     batch.update(pid=np.full(batch_size, -1, np.int32), camid=np.full(batch_size, -1, np.int32),
                  scene=np.full(batch_size, -1, np.int32), flare=np.zeros((batch_size, 2), np.int32),
                  mask=np.zeros(batch_size, bool), index=np.full(batch_size, -1, np.int32))
     for row, i in enumerate(indices):
       images, flare = store.get(int(i))
       for m, x in zip(MODALITIES, images):
-        batch[m][row] = augment.normalize(x, data_config.mean, data_config.std)
+        batch[m][row] = x
       batch['flare'][row] = flare
     for k, v in _meta(records, indices).items():
       batch[k][:n] = v
@@ -260,7 +303,14 @@ def make_eval_batch_fn(records: Sequence[Record], data_config, batch_size: int
     batch['index'][:n] = indices
     return batch
 
-  return batch_fn
+  return raw_fn, _raw_signature(batch_size, data_config.image_size, False, True)
+
+
+def make_eval_batch_fn(records: Sequence[Record], data_config, batch_size: int
+                       ) -> Callable[[int], dict[str, np.ndarray]]:
+  """The function batch number -> padded eval batch (NumPy); see `make_eval_stream`."""
+  raw_fn, _ = _eval_source(records, data_config, batch_size)
+  return lambda b: _finish(raw_fn(b), data_config, np)
 
 
 def make_eval_stream(records: Sequence[Record], data_config, batch_size: int | None = None
@@ -269,16 +319,13 @@ def make_eval_stream(records: Sequence[Record], data_config, batch_size: int | N
 
   Same keys as the train stream plus 'mask' bool [B] (False for padding rows) and 'index' int32
   [B] (record index, -1 for padding). Padding rows are zero images with pid/camid/scene -1.
+  Test-time transform: bilinear resize, normalise, no augmentation.
   """
   batch_size = int(batch_size or data_config.eval_batch_size)
-  if batch_size <= 0:
-    raise ValueError(f'data.eval_batch_size: must be positive, got {batch_size}')
+  raw_fn, signature = _eval_source(records, data_config, batch_size)
   num_batches = -(-len(records) // batch_size)
-  batch_fn = make_eval_batch_fn(records, data_config, batch_size)
   ds = tf.data.Dataset.range(num_batches)
-  ds = _map_numpy(ds, batch_fn, _output_signature(batch_size, data_config.image_size, True),
-                  data_config)
-  return ds.as_numpy_iterator()
+  return _map_numpy(ds, raw_fn, signature, data_config).as_numpy_iterator()
 
 
 # ------------------------------------------------------------------------------ TFDS source

@@ -192,3 +192,24 @@ def test_bad_image_error_names_path(tmp_path):
   splits = records.load_splits('wmveid863', root)
   with pytest.raises(Exception, match='v0_n0_s010_000.png'):
     list(pipeline.make_eval_stream(splits.query, _config(), batch_size=2))
+
+
+@pytest.mark.parametrize('erasing', [0.0, 0.7])
+def test_streams_equal_the_numpy_batch_functions(splits, erasing):
+  """tf.data normalises in the graph; the *_batch_fn functions are the NumPy reference."""
+  cfg = _config(random_erasing_prob=erasing)
+  stream = pipeline.make_train_stream(splits.train, cfg, start_step=4)
+  batch_fn = pipeline.make_train_batch_fn(splits.train, cfg)
+  for step in (4, 5):
+    a, b = next(stream), batch_fn(step)
+    assert set(a) == set(b) == KEYS
+    for k in KEYS:
+      np.testing.assert_allclose(a[k], b[k], atol=1e-6)
+  if erasing:  # erased boxes hold N(0, 1) noise, outside the [-1, 1] range of normalised pixels
+    assert np.abs(b['rgb']).max() > 1.0
+  ev = list(pipeline.make_eval_stream(splits.query, cfg, batch_size=4))
+  ev_fn = pipeline.make_eval_batch_fn(splits.query, cfg, 4)
+  for i, a in enumerate(ev):
+    b = ev_fn(i)
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], atol=1e-6)
