@@ -167,27 +167,37 @@ def _mfmp_grads(estimator, dead, fmi=True, head_input='mask'):
 
 def test_mfmp_initialisation_threshold_zero_and_bias_free_flare_classifiers():
   f_r, f_n = _maps(11, n=2)
-  module = modules.MFMP(C, hidden_ratio=0.5, attention_ratio=0.25)
-  params = module.init(jax.random.key(0, impl='rbg'), f_r, f_n, train=False)['params']
+  module = modules.MFMP(C, fmi=False)
+  init = jax.jit(lambda key: module.init(key, f_r, f_n, train=False))
+  params = init(jax.random.key(0, impl='rbg'))['params']
   assert float(params['threshold']) == 0.0  # Sec. 3.2: Delta is initialised to zero
   for s in modules.MODALITIES:
     head = params[f'flare_head_{s}']
     assert set(head['bn']) == {'scale'} and set(head['classifier']) == {'kernel'}
-    assert 0.0005 < float(np.std(head['classifier']['kernel'])) < 0.002  # N(0, 0.001^2)
+    assert 0.0003 < float(np.std(head['classifier']['kernel'])) < 0.003  # N(0, 0.001^2)
 
 
-def test_mfmp_threshold_learns_with_either_estimator():
-  for estimator in modules.MASK_ESTIMATORS:
-    _, grads = _mfmp_grads(estimator, dead=False)
-    assert abs(float(grads['threshold'])) > 1e-4, estimator
-    flat = flax.traverse_util.flatten_dict(grads)
-    dead_leaves = [k for k, g in flat.items() if not np.any(np.asarray(g))]
-    assert not dead_leaves, (estimator, dead_leaves)
+def test_mfmp_gradients_reach_every_leaf_and_delta():
+  _, grads = _mfmp_grads('sigmoid', dead=False)
+  assert abs(float(grads['threshold'])) > 1e-4
+  flat = flax.traverse_util.flatten_dict(grads)
+  dead_leaves = [k for k, g in flat.items() if not np.any(np.asarray(g))]
+  assert not dead_leaves
 
 
-def test_official_dead_threshold_gets_no_gradient():
-  _, grads = _mfmp_grads('sigmoid', dead=True)
-  assert float(grads['threshold']) == 0.0
+@pytest.mark.parametrize('estimator,dead', [('straight_through', False), ('sigmoid', True)])
+def test_mfmp_hard_masks_threshold_the_mask_logits(estimator, dead):
+  # Gradients of these estimators are tested on estimate_mask above; here the wiring.
+  f_r, f_n = _maps(12, n=2)
+  module = modules.MFMP(C, fmi=False, mask_estimator=estimator, dead_threshold=dead)
+  variables = random_variables(module, f_r, f_n, train=False)
+  variables['params']['threshold'] = np.float32(0.25)
+  out = module.apply(variables, f_r, f_n, train=False)
+  for s in modules.MODALITIES:
+    m = np.asarray(out['mask_logits'][s])
+    expected = m > (0.0 if dead else 0.25)  # the official mask ignores Delta
+    np.testing.assert_array_equal(np.asarray(out['masks'][s]), expected.astype(np.float32))
+    assert 0 < expected.mean() < 1
 
 
 def test_mfmp_outputs_and_fmi_off_predicts_each_mask_from_its_own_modality():

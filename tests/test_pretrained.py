@@ -1,5 +1,6 @@
 """torchvision-layout weights -> Flax ResNet: names, readers, errors, stream copies, torch parity."""
 
+import functools
 import importlib.util
 import pathlib
 import sys
@@ -54,6 +55,12 @@ def torchvision_resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
 
 
 def random_state_dict(depth: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A random torchvision-layout state dict (a fresh dict; the arrays are cached, read-only)."""
+  return dict(_random_state_dict(depth, seed))
+
+
+@functools.lru_cache(maxsize=None)
+def _random_state_dict(depth: int, seed: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   out = {}
   for name, shape in torchvision_resnet_shapes(depth).items():
@@ -68,6 +75,7 @@ def random_state_dict(depth: int, seed: int = 0) -> dict[str, np.ndarray]:
     else:
       fan_in = int(np.prod(shape[1:]))
       out[name] = (rng.normal(size=shape) * np.sqrt(1.0 / fan_in)).astype(np.float32)
+    out[name].flags.writeable = False
   return out
 
 
@@ -119,7 +127,7 @@ def test_depth_mismatch_is_an_error_listing_keys():
 def test_readers_npz_safetensors_pth_and_flax_npz_round_trip(tmp_path):
   torch = pytest.importorskip('torch')
   from safetensors import numpy as safetensors_numpy
-  sd = random_state_dict(18, seed=3)
+  sd = random_state_dict(18)
   expected = pretrained.convert_torchvision_resnet(sd, depth=18)
   np.savez(tmp_path / 'tv.npz', **sd)
   safetensors_numpy.save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
@@ -171,7 +179,7 @@ def _load_script(name):
 
 def test_convert_weights_script_writes_a_loadable_flax_backbone(tmp_path, capsys):
   from safetensors import numpy as safetensors_numpy
-  sd = random_state_dict(18, seed=5)
+  sd = random_state_dict(18)
   safetensors_numpy.save_file(sd, str(tmp_path / 'in.safetensors'))
   out = tmp_path / 'out' / 'r18.npz'
   script = _load_script('convert_weights')
@@ -186,10 +194,10 @@ def test_convert_weights_script_writes_a_loadable_flax_backbone(tmp_path, capsys
 
 
 def _facenet_variables(depth):
+  """FACENet variables filled with a constant (the values only need to differ from a backbone's)."""
   model = facenet.FACENet(num_classes=5, depth=depth)
   shapes = jax.eval_shape(lambda: facenet.init_variables(model, jax.random.PRNGKey(0), (32, 16)))
-  rng = np.random.default_rng(1)
-  return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  return jax.tree.map(lambda s: np.full(s.shape, 0.5, np.float32), shapes)
 
 
 def test_init_streams_copies_the_backbone_into_all_three_streams_only():
@@ -300,7 +308,7 @@ def test_converted_weights_reproduce_the_torch_feature_map(depth):
   model = _torch_resnet(torch, depth, last_stride=1).eval()
   # Random BN statistics and affine terms, so eval-mode BN is not the identity.
   sd = {k: v.clone() for k, v in model.state_dict().items()}
-  sd.update({k: torch.from_numpy(v) for k, v in random_state_dict(depth, seed=depth).items()
+  sd.update({k: torch.from_numpy(v.copy()) for k, v in random_state_dict(depth).items()
              if k.split('.')[-1] in ('running_mean', 'running_var', 'bias')
              or (k.endswith('weight') and v.ndim == 1)})
   model.load_state_dict(sd)

@@ -28,13 +28,14 @@ def _shapes(model, image_shape, **kwargs):
 
 @pytest.mark.parametrize('depth', [18, 34, 50, 101])
 def test_parameter_count_matches_torchvision(depth):
-  variables, _ = _shapes(resnet.ResNet(depth=depth), (1, 64, 32, 3))
+  variables = jax.eval_shape(lambda x: resnet.ResNet(depth=depth).init(jax.random.PRNGKey(0), x),
+                             jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
   assert count == TORCHVISION_PARAMS_WITHOUT_FC[depth]
 
 
-@pytest.mark.parametrize('depth,channels', [(18, 512), (50, 2048)])
-@pytest.mark.parametrize('last_stride,out_hw', [(1, (4, 2)), (2, (2, 1))])
+@pytest.mark.parametrize('depth,channels,last_stride,out_hw', [
+    (18, 512, 1, (4, 2)), (34, 512, 2, (2, 1)), (50, 2048, 2, (2, 1)), (101, 2048, 1, (4, 2))])
 def test_feature_map_shape(depth, channels, last_stride, out_hw):
   _, out = _shapes(resnet.ResNet(depth=depth, last_stride=last_stride), (3, 64, 32, 3))
   assert out.shape == (3, *out_hw, channels)
@@ -58,7 +59,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
 def test_staged_calls_equal_the_full_forward_pass():
   model = resnet.ResNet(depth=18)
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(2, 64, 32, 3)), jnp.float32)  # as in the parity test
   variables, _ = _shapes(model, x.shape)
   variables = jax.tree.map(lambda s: 0.1 * rng.normal(size=s.shape).astype(np.float32) + (
       1.0 if len(s.shape) == 1 else 0.0), variables)  # BN vectors near 1, kernels small

@@ -1,0 +1,259 @@
+"""FACENet: outputs for every switch, parameter tree, gradients, FCE gating, config errors."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default
+from facenet_jax.models import facenet
+
+B, H, W = 4, 32, 16  # small images keep the eager (op-by-op) runs cheap
+NUM_CLASSES = 7
+STREAMS = ('rgb', 'ni', 'ti')
+
+
+def _config(**overrides) -> ml_collections.ConfigDict:
+  config = default.get_config().model
+  config.depth = 18
+  config.update(overrides)
+  return config
+
+
+def _inputs(seed=0, batch=B):
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.normal(size=(batch, H, W, 3)), jnp.float32) for _ in range(3)]
+
+
+def _trace(model, train=True):
+  """Shapes of (variables, outputs) without computing anything."""
+  image = jax.ShapeDtypeStruct((B, H, W, 3), jnp.float32)
+  flare = jax.ShapeDtypeStruct((B, 2), jnp.int32)
+
+  def run(image, flare):
+    variables = facenet.init_variables(model, jax.random.PRNGKey(0), (H, W), batch_size=B)
+    kwargs = {'mutable': ['batch_stats']} if train else {}
+    out = model.apply(variables, image, image, image, flare, train=train, **kwargs)
+    return variables, (out[0] if train else out)
+
+  return jax.eval_shape(run, image, flare)
+
+
+def random_variables(shapes, seed=0):
+  """NumPy-drawn variables for the traced tree (no PRNG compile: keeps the tests fast)."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = path[-1].key
+    if name == 'threshold':
+      return np.zeros(s.shape, np.float32)
+    if name in ('scale', 'var'):
+      return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
+    if name in ('bias', 'mean'):
+      return rng.normal(0, 0.1, s.shape).astype(np.float32)
+    fan_in = int(np.prod(s.shape[:-1]))
+    return (rng.normal(size=s.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))
+
+
+# (mfmp, fmi, fce, plugin_layer, extra overrides); the mask map is [B, h, w, C] of that stage.
+SWITCHES = [
+    (False, False, False, 4, {}),                      # Table 2 baseline
+    (True, True, False, 4, {}),                        # + MFMP
+    (True, True, True, 4, {}),                         # + MFMP + FCE (full model)
+    (True, False, True, 4, {}),                        # + MFMP w/o FMI + FCE
+    (True, False, False, 4, {}),
+    (True, True, True, 1, {}),                         # Table 4 plug-in layers
+    (True, True, True, 2, {}),
+    (True, True, True, 3, {}),
+    (True, True, True, 4, {'mask_estimator': 'straight_through', 'neck_feat': 'after',
+                           'bug_rgb_uses_ni_mask': True, 'bug_batch_level_gating': True,
+                           'bug_dead_threshold': True, 'last_stride': 2}),
+    (True, True, True, 2, {'dtype': 'bfloat16', 'flare_head_input': 'mask_logits'}),
+]
+MASK_SHAPES = {1: (8, 4, 64), 2: (4, 2, 128), 3: (2, 1, 256), 4: (2, 1, 512)}
+
+
+@pytest.mark.parametrize('mfmp,fmi,fce,plugin_layer,extra', SWITCHES)
+def test_outputs_for_every_switch_combination(mfmp, fmi, fce, plugin_layer, extra):
+  model = facenet.build_model(
+      _config(mfmp=mfmp, fmi=fmi, fce=fce, plugin_layer=plugin_layer, **extra), NUM_CLASSES)
+  variables, out = _trace(model)
+  expected = {'features', 'bn_features', 'logits', 'embedding'}
+  if mfmp:
+    expected |= {'flare_logits', 'masks', 'threshold'}
+  assert set(out) == expected
+  for key in ('features', 'bn_features'):
+    assert {s: (x.shape, x.dtype) for s, x in out[key].items()} == {
+        s: ((B, 512), jnp.float32) for s in STREAMS}
+  assert {s: (x.shape, x.dtype) for s, x in out['logits'].items()} == {
+      s: ((B, NUM_CLASSES), jnp.float32) for s in STREAMS}
+  assert (out['embedding'].shape, out['embedding'].dtype) == ((B, 3 * 512), jnp.float32)
+  if mfmp:
+    assert {s: (x.shape, x.dtype) for s, x in out['flare_logits'].items()} == {
+        s: ((B, 2), jnp.float32) for s in ('rgb', 'ni')}
+    mask_shape = MASK_SHAPES[plugin_layer]
+    if extra.get('last_stride') == 2 and plugin_layer == 4:
+      mask_shape = (1, 1, 512)
+    assert {s: x.shape for s, x in out['masks'].items()} == {
+        s: (B, *mask_shape) for s in ('rgb', 'ni')}
+    assert out['threshold'].shape == ()
+  params = variables['params']
+  assert ('mfmp' in params) == mfmp
+  if mfmp:
+    assert ('fmi' in params['mfmp']) == fmi
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+
+
+def test_bnneck_has_no_bias_and_the_classifier_none_either():
+  variables, _ = _trace(facenet.build_model(_config(), NUM_CLASSES))
+  for s in STREAMS:
+    head = variables['params'][f'head_{s}']
+    assert set(head) == {'bnneck', 'classifier'}
+    assert set(head['bnneck']) == {'scale'}  # no bias parameter exists: it is frozen at zero
+    assert set(head['classifier']) == {'kernel'}
+    assert head['classifier']['kernel'].shape == (512, NUM_CLASSES)
+    assert set(variables['batch_stats'][f'head_{s}']['bnneck']) == {'mean', 'var'}
+  assert set(variables['params']) == {
+      'backbone_rgb', 'backbone_ni', 'backbone_ti', 'mfmp', 'head_rgb', 'head_ni', 'head_ti'}
+
+
+@pytest.mark.parametrize('overrides,exc,fields', [
+    ({'backbone': 'vit_b16'}, NotImplementedError, ['config.model.backbone']),
+    ({'backbone': 'densenet'}, ValueError, ['config.model.backbone']),
+    ({'mfmp': False, 'fce': True}, ValueError, ['config.model.fce', 'config.model.mfmp']),
+    ({'depth': 152}, ValueError, ['model.depth']),
+    ({'dtype': 'float16'}, ValueError, ['config.model.dtype']),
+    ({'plugin_layer': 5}, ValueError, ['config.model.plugin_layer']),
+    ({'last_stride': 4}, ValueError, ['config.model.last_stride']),
+    ({'mask_estimator': 'hard'}, ValueError, ['config.model.mask_estimator']),
+    ({'flare_head_input': 'x'}, ValueError, ['config.model.flare_head_input']),
+    ({'neck_feat': 'middle'}, ValueError, ['config.model.neck_feat']),
+    ({'mask_temperature': 0.0}, ValueError, ['config.model.mask_temperature']),
+])
+def test_bad_model_config_is_rejected_naming_the_fields(overrides, exc, fields):
+  with pytest.raises(exc) as e:
+    facenet.build_model(_config(**overrides), NUM_CLASSES)
+  for field in fields:
+    assert field in str(e.value)
+
+
+def test_module_built_directly_rejects_fce_without_mfmp():
+  with pytest.raises(ValueError, match='model.fce.*model.mfmp'):
+    _trace(facenet.FACENet(num_classes=3, depth=18, mfmp=False, fce=True))
+
+
+# ------------------------------------------------------------------------------ gradients
+
+
+def test_gradients_reach_every_trainable_leaf_and_delta():
+  model = facenet.build_model(_config(), NUM_CLASSES)
+  shapes, _ = _trace(model)
+  variables = random_variables(shapes)
+  rgb, ni, ti = _inputs(1)
+  flare = jnp.array([[1, 1], [0, 0], [1, 0], [0, 1]], jnp.int32)
+  labels = jnp.array([0, 3, 0, 3])
+
+  def ce(logits, y):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+
+  def loss(params):
+    out, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                               rgb, ni, ti, flare, train=True, mutable=['batch_stats'])
+    total = sum(ce(out['logits'][s], labels) for s in STREAMS)
+    total += ce(out['flare_logits']['rgb'], flare[:, 0]) + ce(out['flare_logits']['ni'], flare[:, 1])
+    return total, updates
+
+  grads, updates = jax.grad(loss, has_aux=True)(variables['params'])
+  flat = flax.traverse_util.flatten_dict(grads)
+  assert set(flat) == set(flax.traverse_util.flatten_dict(variables['params']))
+  dead = [k for k, g in flat.items() if not np.any(np.asarray(g))]
+  assert not dead
+  assert abs(float(grads['mfmp']['threshold'])) > 0  # Delta really learns
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in flat.values())
+  # Training updates the running statistics of every BatchNorm (backbones, MFMP, BNNecks).
+  old = flax.traverse_util.flatten_dict(variables['batch_stats'])
+  new = flax.traverse_util.flatten_dict(updates['batch_stats'])
+  assert set(old) == set(new)
+  assert all(not np.allclose(old[k], new[k]) for k in old)
+
+
+# ------------------------------------------------------------------- FCE gating at test time
+
+
+@pytest.fixture(scope='module')
+def eval_setup():
+  model = facenet.build_model(_config(), NUM_CLASSES)
+  shapes, _ = _trace(model)
+  variables = random_variables(shapes, seed=2)
+  images = _inputs(3, batch=6)  # six distinct triplets
+  flare = jnp.array([[1, 1], [0, 0], [1, 0], [0, 1], [0, 0], [1, 1]], jnp.int32)
+  return variables, images, flare
+
+
+def _embed(config, variables, images, flare, idx):
+  idx = np.asarray(idx)
+  model = facenet.build_model(config, NUM_CLASSES)
+  rgb, ni, ti = (x[idx] for x in images)
+  return model.apply(variables, rgb, ni, ti, flare[idx], train=False)
+
+
+def test_test_time_embedding_of_a_sample_does_not_depend_on_its_batch(eval_setup):
+  variables, images, flare = eval_setup
+  config = _config()
+  batch_a = _embed(config, variables, images, flare, [0, 1, 2, 3])
+  batch_b = _embed(config, variables, images, flare, [4, 1, 5, 0])
+  alone_0 = _embed(config, variables, images, flare, [0])
+  alone_1 = _embed(config, variables, images, flare, [1])
+  for got in (batch_b['embedding'][3], alone_0['embedding'][0]):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(batch_a['embedding'][0]), atol=1e-5)
+  for got in (batch_b['embedding'][1], alone_1['embedding'][0]):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(batch_a['embedding'][1]), atol=1e-5)
+  # The official any-sample-in-the-batch gate makes the flare-free sample 1 batch-dependent.
+  bugged = _config(bug_batch_level_gating=True)
+  in_batch = _embed(bugged, variables, images, flare, [0, 1, 2, 3])['embedding'][1]
+  alone = _embed(bugged, variables, images, flare, [1])['embedding'][0]
+  assert np.abs(np.asarray(in_batch) - np.asarray(alone)).max() > 1e-3
+
+
+def test_fce_changes_exactly_the_flared_modalities(eval_setup):
+  variables, images, flare = eval_setup
+  idx = [0, 1, 2, 3]  # flare bits (1,1), (0,0), (1,0), (0,1)
+  with_fce = _embed(_config(), variables, images, flare, idx)
+  no_fce = _embed(_config(fce=False), variables, images, flare, idx)  # same parameters
+  no_test_fce = _embed(_config(test_time_fce=False), variables, images, flare, idx)
+  bugged = _embed(_config(bug_rgb_uses_ni_mask=True), variables, images, flare, idx)
+  for s, col in (('rgb', 0), ('ni', 1)):
+    a, b = np.asarray(with_fce['features'][s]), np.asarray(no_fce['features'][s])
+    for i in range(4):
+      if flare[i, col]:
+        assert np.abs(a[i] - b[i]).max() > 1e-3, (s, i)
+      else:
+        np.testing.assert_array_equal(a[i], b[i])
+    np.testing.assert_array_equal(np.asarray(no_test_fce['features'][s]), b)
+  np.testing.assert_array_equal(np.asarray(with_fce['features']['ti']),
+                                np.asarray(no_fce['features']['ti']))
+  # The RGB bug (f_R * (1 - M_N)) changes flared RGB features only; NI is untouched.
+  assert np.abs(np.asarray(bugged['features']['rgb'][0] - with_fce['features']['rgb'][0])).max() > 1e-3
+  np.testing.assert_array_equal(np.asarray(bugged['features']['rgb'][1]),
+                                np.asarray(with_fce['features']['rgb'][1]))
+  np.testing.assert_array_equal(np.asarray(bugged['features']['ni']),
+                                np.asarray(with_fce['features']['ni']))
+
+
+def test_embedding_is_the_normalised_concat_before_or_after_the_bnneck(eval_setup):
+  variables, images, flare = eval_setup
+  for neck_feat, key in (('before', 'features'), ('after', 'bn_features')):
+    out = _embed(_config(neck_feat=neck_feat), variables, images, flare, [0, 1, 2, 3])
+    concat = np.concatenate([np.asarray(out[key][s]) for s in STREAMS], axis=1)
+    expected = concat / np.linalg.norm(concat, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(out['embedding']), expected, rtol=1e-5, atol=1e-6)
+  bn = np.asarray(out['bn_features']['rgb'])
+  stats = variables['batch_stats']['head_rgb']['bnneck']
+  scale = variables['params']['head_rgb']['bnneck']['scale']
+  expected_bn = ((np.asarray(out['features']['rgb']) - stats['mean'])
+                 / np.sqrt(stats['var'] + 1e-5) * scale)  # no bias term
+  np.testing.assert_allclose(bn, expected_bn, rtol=1e-4, atol=1e-5)
