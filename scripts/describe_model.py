@@ -1,9 +1,9 @@
-r"""Print FACENet's parameter counts per component (no weights are computed: shapes only).
+r"""Print FACENet's parameter counts per component (shapes only: nothing is initialised).
 
     python scripts/describe_model.py --depth 50
     python scripts/describe_model.py --depth 18 --config.model.fmi=False --num_classes 575
 
-Starts from configs/default.py; `--depth` is a shorthand for `--config.model.depth`.
+Starts from configs/default.py (or --config); `--depth` is a shorthand for --config.model.depth.
 """
 
 import os
@@ -14,10 +14,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import flax
-import jax
-import jax.numpy as jnp
-import numpy as np
 from ml_collections import config_flags
 
 from facenet_jax import cli
@@ -31,30 +27,6 @@ _DEPTH = flags.DEFINE_integer('depth', None, 'ResNet depth (overrides config.mod
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 575, 'Identities (WMVeID863 train: 575).')
 
 
-def count_parameters(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-def describe(model_config, num_classes: int, image_size) -> list[tuple[str, int]]:
-  """(component, parameter count) rows, from shapes only."""
-  model = facenet.build_model(model_config, num_classes)
-  h, w = image_size
-  image = jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32)
-  flare = jax.ShapeDtypeStruct((2, 2), jnp.int32)
-  shapes = jax.eval_shape(
-      lambda i, f: model.init(jax.random.PRNGKey(0), i, i, i, f, train=False), image, flare)
-  params = flax.core.unfreeze(shapes['params'])
-  rows = []
-  for name in sorted(params):
-    rows.append((name, count_parameters(params[name])))
-    if name == 'mfmp':
-      for sub in sorted(params[name]):
-        rows.append((f'  mfmp/{sub}', count_parameters(params[name][sub])))
-  rows.append(('total', count_parameters(params)))
-  rows.append(('batch_stats (not trained)', count_parameters(shapes.get('batch_stats', {}))))
-  return rows
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -65,8 +37,13 @@ def main(argv):
   print(f'FACENet: ResNet-{m.depth} x3, last_stride={m.last_stride}, mfmp={m.mfmp}, fmi={m.fmi}, '
         f'fce={m.fce}, plugin_layer={m.plugin_layer}, num_classes={_NUM_CLASSES.value}, '
         f'input {tuple(config.data.image_size)}')
-  for name, count in describe(m, _NUM_CLASSES.value, config.data.image_size):
-    print(f'{name:<28s} {count:>14,d}')
+  model = facenet.build_model(m, _NUM_CLASSES.value)
+  counts = facenet.parameter_counts(model, tuple(config.data.image_size))
+  for name, count in counts.items():
+    label = '  ' + name if name.startswith('mfmp/') else name
+    if name == 'batch_stats':
+      label = 'batch_stats (not trained)'
+    print(f'{label:<28s} {count:>14,d}')
 
 
 if __name__ == '__main__':

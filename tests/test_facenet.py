@@ -257,3 +257,25 @@ def test_embedding_is_the_normalised_concat_before_or_after_the_bnneck(eval_setu
   expected_bn = ((np.asarray(out['features']['rgb']) - stats['mean'])
                  / np.sqrt(stats['var'] + 1e-5) * scale)  # no bias term
   np.testing.assert_allclose(bn, expected_bn, rtol=1e-4, atol=1e-5)
+
+
+def test_parameter_counts_by_hand_for_resnet18():
+  counts = facenet.parameter_counts(facenet.build_model(_config(), NUM_CLASSES), (H, W))
+  c, hidden, att = 512, 128, 32  # C, fmi_hidden_ratio 0.25 * C, fmi_attention_ratio 1/16 * C
+  fmi = (9 * 2 * c * hidden + 2 * hidden          # 3x3 conv 2C -> h, BN
+         + hidden * hidden + 2 * hidden           # 1x1 conv, BN
+         + 9 * hidden * hidden + 2 * hidden       # 3x3 conv, BN
+         + 9 * hidden * c + 2 * c                 # 3x3 conv h -> C, BN
+         + c * att + att + att * c + c)           # SE: two 1x1 convs with bias
+  expected = {
+      'mfmp/fmi': fmi,
+      'mfmp/mask_rgb': 2 * c * c,                 # two bias-free 1x1 projections
+      'mfmp/flare_head_ni': c + 2 * c,            # BN scale + 2-way classifier
+      'mfmp/threshold': 1,
+      'head_ti': c + c * NUM_CLASSES,             # BNNeck scale (no bias) + classifier
+      'backbone_rgb': 11_689_512 - 513_000,       # torchvision resnet18 without fc
+  }
+  assert {k: counts[k] for k in expected} == expected
+  assert counts['mfmp'] == fmi + 2 * (2 * c * c) + 2 * (3 * c) + 1
+  assert counts['total'] == sum(v for k, v in counts.items()
+                                if '/' not in k and k not in ('total', 'batch_stats'))

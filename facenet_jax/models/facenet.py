@@ -22,6 +22,7 @@ never depends on the rest of its batch (unless `bug_batch_level_gating` reproduc
 any-sample-in-the-batch gate).
 """
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -214,6 +215,27 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> FA
       bug_batch_level_gating=model_config.bug_batch_level_gating,
       bug_dead_threshold=model_config.bug_dead_threshold,
   )
+
+
+def parameter_counts(model: FACENet, image_size: tuple[int, int]) -> dict[str, int]:
+  """Trainable parameter count per top-level component ('backbone_rgb', 'head_ni', 'mfmp', ...),
+  per MFMP part ('mfmp/fmi', 'mfmp/mask_rgb', ...), plus 'total' and 'batch_stats'.
+
+  Shapes only (jax.eval_shape): nothing is initialised or computed.
+  """
+  h, w = image_size
+  shapes = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), (h, w)))
+
+  def count(tree) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+  params = shapes['params']
+  counts = {name: count(params[name]) for name in sorted(params)}
+  if 'mfmp' in params:
+    counts.update({f'mfmp/{k}': count(v) for k, v in sorted(params['mfmp'].items())})
+  counts['total'] = count(params)
+  counts['batch_stats'] = count(shapes['batch_stats'])
+  return counts
 
 
 def init_variables(model: FACENet, rng: jax.Array, image_size: tuple[int, int],
