@@ -1,7 +1,7 @@
 """MFMP (FMI + SMP) and FCE, paper Sec. 3.2-3.3 (Eqs. 2-7), on NHWC feature maps `[B, h, w, C]`.
 
-Where the paper is silent or its notation is circular, the choice made here is stated next to the
-code (see also /work/shared/design/facenet-reference.md, Sec. 1.1):
+Where the paper is silent or its notation is circular (Eqs. 4 and 6 use the output on both sides),
+the choice made here is stated below and next to the code:
 
   * FMI conv stack (Eq. 3): kernels 3x3 -> 1x1 -> 3x3 -> 3x3 (Eq. 3 read inside-out; the prose
     order differs), widths 2C -> hC -> hC -> hC -> C with h = `model.fmi_hidden_ratio`, each conv
