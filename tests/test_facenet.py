@@ -141,9 +141,20 @@ def test_bad_model_config_is_rejected_naming_the_fields(overrides, exc, fields):
     assert field in str(e.value)
 
 
-def test_module_built_directly_rejects_fce_without_mfmp():
-  with pytest.raises(ValueError, match='model.fce.*model.mfmp'):
-    _trace(facenet.FACENet(num_classes=3, depth=18, mfmp=False, fce=True))
+@pytest.mark.parametrize('kwargs,field', [
+    ({'mfmp': False, 'fce': True}, 'model.fce=True needs model.mfmp=True'),
+    ({'plugin_layer': 0}, 'model.plugin_layer=0'),
+    ({'neck_feat': 'bn'}, "model.neck_feat='bn'"),
+])
+def test_module_built_directly_rejects_bad_fields(kwargs, field):
+  with pytest.raises(ValueError) as e:
+    _trace(facenet.FACENet(num_classes=3, depth=18, **kwargs))
+  assert field in str(e.value)
+
+
+def test_build_model_rejects_an_empty_label_set():
+  with pytest.raises(ValueError, match='num_classes=0'):
+    facenet.build_model(_config(), 0)
 
 
 # ------------------------------------------------------------------------------ gradients

@@ -170,6 +170,19 @@ def test_pth_without_torch_is_a_clear_import_error(tmp_path, monkeypatch):
     pretrained.load_pretrained_backbone(str(path), depth=18)
 
 
+def test_pth_that_is_not_a_state_dict_names_the_file(tmp_path):
+  torch = pytest.importorskip('torch')
+  path = tmp_path / 'list.pth'
+  torch.save([torch.zeros(2)], path)
+  with pytest.raises(ValueError, match='list.pth does not hold a state dict'):
+    pretrained.load_pretrained_backbone(str(path), depth=18)
+
+
+def test_save_backbone_insists_on_npz(tmp_path):
+  with pytest.raises(ValueError, match='r18.safetensors'):
+    pretrained.save_backbone({'params': {}, 'batch_stats': {}}, str(tmp_path / 'r18.safetensors'))
+
+
 def _load_script(name):
   spec = importlib.util.spec_from_file_location(name, REPO_ROOT / 'scripts' / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
@@ -212,6 +225,14 @@ def test_init_streams_copies_the_backbone_into_all_three_streams_only():
   for name in ('head_rgb', 'mfmp'):
     jax.tree.map(np.testing.assert_array_equal, new['params'][name], before['params'][name])
   jax.tree.map(np.testing.assert_array_equal, variables, before)  # input left untouched
+
+
+def test_init_streams_needs_both_collections_and_facenet_variables():
+  backbone = pretrained.convert_torchvision_resnet(random_state_dict(18), depth=18)
+  with pytest.raises(ValueError, match="no 'batch_stats' collection"):
+    pretrained.init_streams_from_pretrained(_facenet_variables(18), {'params': backbone['params']})
+  with pytest.raises(ValueError, match='params/backbone_rgb'):
+    pretrained.init_streams_from_pretrained({'params': {}, 'batch_stats': {}}, backbone)
 
 
 def test_init_streams_with_the_wrong_depth_lists_the_keys():

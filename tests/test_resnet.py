@@ -97,3 +97,12 @@ def test_unsupported_depth_and_last_stride_name_the_field():
   with pytest.raises(ValueError, match='model.last_stride=3'):
     jax.eval_shape(lambda x: resnet.ResNet(depth=18, last_stride=3).init(
         jax.random.PRNGKey(0), x), x)
+
+
+def test_stage_index_out_of_range_is_rejected():
+  model = resnet.ResNet(depth=18)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+  with pytest.raises(ValueError, match='stage index 5'):
+    jax.eval_shape(
+        lambda v, x: model.apply(v, 5, x, False, method=resnet.ResNet.forward_stage), shapes, x)
