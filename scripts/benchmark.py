@@ -114,8 +114,48 @@ def run_pipeline(args) -> None:
     tmp.cleanup()
 
 
+# ------------------------------------------------------------------------------ eval
+
+
+def add_eval_parser(subparsers) -> None:
+  p = subparsers.add_parser('eval', help='rank-metric evaluation: vectorised vs per-query loop')
+  p.add_argument('--case', default='wmveid863', choices=['wmveid863', '10k', '100k', 'all'],
+                 help="preset size; 'all' runs each preset in its own process (own peak RSS)")
+  p.add_argument('--num_query', type=int, default=0, help='override the preset')
+  p.add_argument('--num_gallery', type=int, default=0, help='override the preset')
+  p.add_argument('--dim', type=int, default=0, help='override the preset')
+  p.add_argument('--chunk_size', type=int, default=1024)
+  p.add_argument('--repeats', type=int, default=3)
+  p.add_argument('--no_loop', action='store_true', help='skip the per-query loop reference')
+  p.add_argument('--json_out', default='', help='append the result as one JSON line here')
+
+
+def run_eval(args) -> None:
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  if args.case == 'all':
+    for case in ('wmveid863', '10k', '100k'):
+      cmd = [sys.executable, os.path.abspath(__file__), 'eval', '--case', case,
+             '--chunk_size', str(args.chunk_size), '--repeats', str(args.repeats)]
+      cmd += (['--no_loop'] if args.no_loop else []) + (
+          ['--json_out', args.json_out] if args.json_out else [])
+      subprocess.run(cmd, check=True)
+    return
+  from facenet_jax import eval_benchmark  # pylint: disable=g-import-not-at-top
+  num_query, num_gallery, dim = eval_benchmark.CASES[args.case]
+  result = eval_benchmark.benchmark_rank_metrics(
+      args.num_query or num_query, args.num_gallery or num_gallery, args.dim or dim,
+      chunk_size=args.chunk_size, run_loop_reference=not args.no_loop,
+      repeats=1 if args.case == '100k' else args.repeats)
+  print(eval_benchmark.format_result(result), flush=True)
+  if args.json_out:
+    with open(args.json_out, 'a') as f:
+      f.write(json.dumps(result) + '\n')
+
+
 SUBCOMMANDS = {
     'pipeline': (add_pipeline_parser, run_pipeline),
+    'eval': (add_eval_parser, run_eval),
 }
 
 
