@@ -206,11 +206,15 @@ def test_convert_weights_script_writes_a_loadable_flax_backbone(tmp_path, capsys
                pretrained.convert_torchvision_resnet(sd, depth=18))
 
 
+@functools.lru_cache(maxsize=None)
+def _facenet_shapes(depth):
+  model = facenet.FACENet(num_classes=5, depth=depth)
+  return jax.eval_shape(lambda: facenet.init_variables(model, jax.random.PRNGKey(0), (32, 16)))
+
+
 def _facenet_variables(depth):
   """FACENet variables filled with a constant (the values only need to differ from a backbone's)."""
-  model = facenet.FACENet(num_classes=5, depth=depth)
-  shapes = jax.eval_shape(lambda: facenet.init_variables(model, jax.random.PRNGKey(0), (32, 16)))
-  return jax.tree.map(lambda s: np.full(s.shape, 0.5, np.float32), shapes)
+  return jax.tree.map(lambda s: np.full(s.shape, 0.5, np.float32), _facenet_shapes(depth))
 
 
 def test_init_streams_copies_the_backbone_into_all_three_streams_only():
