@@ -1,4 +1,4 @@
-"""torchvision-layout weights -> Flax ResNet: names, readers, errors, stream copies, torch parity."""
+"""torchvision-layout weights -> Flax ResNet: names, readers, errors, stream copies, parity."""
 
 import functools
 import importlib.util

@@ -102,7 +102,7 @@ class ChannelAttention(nn.Module):
 
 
 class FMI(nn.Module):
-  """Flare-susceptible Mutual Interaction, Eqs. 2-4. `f_R, f_N: [B, h, w, C] -> f_C: [B, h, w, C]`."""
+  """Flare-susceptible Mutual Interaction, Eqs. 2-4. `f_R, f_N: [B,h,w,C] -> f_C: [B,h,w,C]`."""
   features: int
   hidden_ratio: float
   attention_ratio: float
@@ -146,7 +146,7 @@ def estimate_mask(mask_logits: jax.Array, threshold: jax.Array, estimator: str,
 
   'sigmoid':          sigmoid((m - Delta) / T)                 (soft; Delta gets a gradient)
   'straight_through': 1[m > Delta] forward, sigmoid gradient    (hard; Delta gets a gradient)
-  dead_threshold:     1[m > 0], no gradient at all              (official code, `bug_dead_threshold`)
+  dead_threshold:     1[m > 0], no gradient at all              (official: `bug_dead_threshold`)
   """
   if estimator not in MASK_ESTIMATORS:
     raise ValueError(f'model.mask_estimator={estimator!r} must be one of {MASK_ESTIMATORS}')
