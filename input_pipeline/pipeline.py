@@ -104,11 +104,6 @@ class TripletStore:
       self._image_done[i] = True
     return tuple(self._images[m, i] for m in range(3)), self._flare[i]
 
-  def flare_bits(self, i: int) -> np.ndarray:
-    if not self._flare_done[i]:
-      self.get(i)
-    return self._flare[i]
-
 
 _STORES: collections.OrderedDict = collections.OrderedDict()
 _STORES_LOCK = threading.Lock()
@@ -371,6 +366,11 @@ def _tfds_loader(record: Record):
   ex = _tfds_split(name, split, data_dir)[index]
   bits = {'paper': ex['flare_paper'], 'official': ex['flare_official']}
   return (ex['rgb'], ex['ni'], ex['ti']), bits
+
+
+def load_record_triplet(record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Decoded uint8 (rgb, ni, ti) [H, W, 3] of a folder or TFDS record, original resolution."""
+  return _loader_for([record])(record)[0]
 
 
 def load_tfds_splits(dataset: str, data_dir: str) -> records_lib.Splits:

@@ -376,6 +376,9 @@ def load_image(path: str) -> np.ndarray:
   values the RGB image of an L file shows; NI/TI images are often saved that way. High bit-depth
   or float images (modes I, I;16, F) are rejected rather than silently rescaled.
   """
+  if path.startswith('tfds://'):
+    raise DatasetError(f'{path}: a record of a prepared TFDS dataset; decode it with '
+                       'input_pipeline.pipeline.load_record_triplet')
   try:
     with Image.open(path) as im:
       im.load()

@@ -83,3 +83,13 @@ def test_unprepared_dataset_names_the_field(tmp_path):
 def test_unknown_dataset_names_the_field(tmp_path):
   with pytest.raises(records.DatasetError, match='data.dataset'):
     tfds_builders.prepare('veri776', str(tmp_path), str(tmp_path))
+
+
+def test_load_record_triplet_reads_both_sources(prepared):
+  root, data_dir = prepared
+  tf_rec = pipeline.load_splits_for_config(_config(data_dir)).gallery[1]
+  folder_rec = records.load_splits('synthetic', root).gallery[1]
+  for a, b in zip(pipeline.load_record_triplet(tf_rec), records.load_triplet(folder_rec)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(records.DatasetError, match=r'tfds://synthetic_flare_vehicles/gallery/1'):
+    records.load_triplet(tf_rec)
