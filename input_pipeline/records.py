@@ -77,25 +77,12 @@ class Splits:
 # ------------------------------------------------------------------------------------ readers
 
 
-class _Problems:
-  """Collects problems; raises on the first one unless collecting."""
-
-  def __init__(self, collect: bool):
-    self.collect = collect
-    self.messages: list[str] = []
-
-  def add(self, message: str) -> None:
-    if not self.collect:
-      raise DatasetError(message)
-    self.messages.append(message)
-
-
 def _image_files(folder: str) -> list[str]:
   return sorted(f for f in os.listdir(folder)
                 if not f.startswith('.') and f.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def _pid_folders(split_dir: str, problems: _Problems) -> list[tuple[int, str]]:
+def _pid_folders(split_dir: str, problems: list[str]) -> list[tuple[int, str]]:
   """[(pid, folder path)] for the per-vehicle folders of one split, sorted by pid."""
   out = []
   for name in sorted(os.listdir(split_dir)):
@@ -103,32 +90,32 @@ def _pid_folders(split_dir: str, problems: _Problems) -> list[tuple[int, str]]:
     if name.startswith('.') or not os.path.isdir(path):
       continue
     if not name.isdigit():
-      problems.add(f'{path}: vehicle folder name is not an integer pid')
+      problems.append(f'{path}: vehicle folder name is not an integer pid')
       continue
     out.append((int(name), path))
   return out
 
 
-def _paired_triplets(pid_dir: str, problems: _Problems) -> list[tuple[str, str, str, str]]:
+def _paired_triplets(pid_dir: str, problems: list[str]) -> list[tuple[str, str, str, str]]:
   """[(file name, vis path, ni path, th path)] paired by identical file names."""
   listings = {}
   for mod in MODALITY_DIRS:
     folder = os.path.join(pid_dir, mod)
     if not os.path.isdir(folder):
-      problems.add(f'{folder}: missing modality folder')
+      problems.append(f'{folder}: missing modality folder')
       return []
     listings[mod] = set(_image_files(folder))
   out = []
   for name in sorted(listings['vis']):
     missing = [m for m in MODALITY_DIRS[1:] if name not in listings[m]]
     if missing:
-      problems.add(f'{os.path.join(pid_dir, "vis", name)}: no partner file with the same name '
+      problems.append(f'{os.path.join(pid_dir, "vis", name)}: no partner file with the same name '
                    f'in {", ".join(os.path.join(pid_dir, m) for m in missing)}')
       continue
     out.append((name, *(os.path.join(pid_dir, m, name) for m in MODALITY_DIRS)))
   for mod in MODALITY_DIRS[1:]:
     for name in sorted(listings[mod] - listings['vis']):
-      problems.add(f'{os.path.join(pid_dir, mod, name)}: no partner file with the same name '
+      problems.append(f'{os.path.join(pid_dir, mod, name)}: no partner file with the same name '
                    f'in {os.path.join(pid_dir, "vis")}')
   return out
 
@@ -184,15 +171,15 @@ def parse_rgbnt100_name(path: str) -> tuple[int, int]:
   return int(m.group(1)), int(m.group(2)) - 1
 
 
-def _split_dir(root: str, sub: str, problems: _Problems) -> str | None:
+def _split_dir(root: str, sub: str, problems: list[str]) -> str | None:
   path = os.path.join(root, sub)
   if not os.path.isdir(path):
-    problems.add(f'{path}: missing split folder')
+    problems.append(f'{path}: missing split folder')
     return None
   return path
 
 
-def _read_wmveid863(root: str, problems: _Problems) -> dict[str, tuple[str | None, list[Record]]]:
+def _read_wmveid863(root: str, problems: list[str]) -> dict[str, tuple[str | None, list[Record]]]:
   out = {}
   for split, sub in _WMVEID_SPLIT_DIRS.items():
     records = []
@@ -203,14 +190,14 @@ def _read_wmveid863(root: str, problems: _Problems) -> dict[str, tuple[str | Non
           try:
             cam, scene = parse_wmveid863_name(vis)
           except DatasetError as e:
-            problems.add(str(e))
+            problems.append(str(e))
             continue
           records.append(Record(vis, ni, th, pid, cam, scene, split))
     out[split] = (split_dir, records)
   return out
 
 
-def _read_msvr310(root: str, problems: _Problems) -> dict[str, tuple[str | None, list[Record]]]:
+def _read_msvr310(root: str, problems: list[str]) -> dict[str, tuple[str | None, list[Record]]]:
   base = os.path.join(root, 'MSVR310')
   if not os.path.isdir(base) and os.path.isdir(os.path.join(root, 'bounding_box_train')):
     base = root
@@ -224,17 +211,17 @@ def _read_msvr310(root: str, problems: _Problems) -> dict[str, tuple[str | None,
           try:
             name_pid, scene, cam = parse_msvr310_name(vis)
           except DatasetError as e:
-            problems.add(str(e))
+            problems.append(str(e))
             continue
           if name_pid != pid:
-            problems.add(f'{vis}: pid {name_pid} in the file name differs from the folder pid {pid}')
+            problems.append(f'{vis}: pid {name_pid} in the file name differs from the folder pid {pid}')
             continue
           records.append(Record(vis, ni, th, pid, cam, scene, split))
     out[split] = (split_dir, records)
   return out
 
 
-def _read_rgbnt100(root: str, problems: _Problems) -> dict[str, tuple[str | None, list[Record]]]:
+def _read_rgbnt100(root: str, problems: list[str]) -> dict[str, tuple[str | None, list[Record]]]:
   base = os.path.join(root, 'RGBNT100', 'rgbir')
   if not os.path.isdir(base):
     for candidate in (os.path.join(root, 'rgbir'), root):
@@ -251,14 +238,14 @@ def _read_rgbnt100(root: str, problems: _Problems) -> dict[str, tuple[str | None
         try:
           pid, cam = parse_rgbnt100_name(path)
         except DatasetError as e:
-          problems.add(str(e))
+          problems.append(str(e))
           continue
         records.append(Record(path, path, path, pid, cam, -1, split, montage=True))
     out[split] = (split_dir, records)
   return out
 
 
-_READERS: dict[str, Callable[[str, _Problems], dict[str, tuple[str | None, list[Record]]]]] = {
+_READERS: dict[str, Callable[[str, list[str]], dict[str, tuple[str | None, list[Record]]]]] = {
     'wmveid863': _read_wmveid863,
     'synthetic': _read_wmveid863,   # the built-in synthetic set is written in WMVeID863 layout
     'rgbnt100': _read_rgbnt100,
@@ -287,15 +274,15 @@ def scan_splits(dataset: str, root: str) -> tuple[Splits, list[str]]:
     raise DatasetError(f'data.dataset: unknown dataset {dataset!r}; expected one of {DATASETS}')
   if not root or not os.path.isdir(root):
     raise DatasetError(f'data.root: dataset root {root!r} is not a folder')
-  problems = _Problems(collect=True)
+  problems: list[str] = []
   by_split = _READERS[dataset](root, problems)
   for split in SPLITS:
     folder, records = by_split[split]
     if folder is not None and not records:
-      problems.add(f'{folder}: empty split {split!r} (no readable image triplets)')
+      problems.append(f'{folder}: empty split {split!r} (no readable image triplets)')
   splits = Splits(train=relabel(by_split['train'][1]), query=by_split['query'][1],
                   gallery=by_split['gallery'][1])
-  return splits, problems.messages
+  return splits, problems
 
 
 def load_splits(dataset: str, root: str) -> Splits:
