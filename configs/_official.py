@@ -17,6 +17,7 @@ def apply_official_recipe(config, base_lr: float, num_epochs: int, warmup_epochs
   config.optim.weight_decay = 1e-4
   config.optim.momentum = 0.9
   config.optim.bias_lr_factor = 2.0
+  config.optim.decay_all_params = True         # the code decays biases and norm parameters too
   config.train.num_epochs = num_epochs
   config.loss.triplet_soft_margin = True
   config.loss.flare_loss = 'official_kl'

@@ -22,8 +22,9 @@ import optax
 Schedule = Callable[[Any], jax.Array]
 PathPredicate = Callable[[str], bool]
 
-# Leaf names that never get weight decay: biases and the scale of normalisation layers.
-NO_DECAY_LEAF_NAMES = ('bias', 'scale')
+# Leaf names that never get weight decay: biases, the scale of normalisation layers, and the SMP
+# threshold Delta (a decision boundary: L2 would pull it back to its initial 0 for no reason).
+NO_DECAY_LEAF_NAMES = ('bias', 'scale', 'threshold')
 # Module name prefixes (flax auto-names: BatchNorm_0, LayerNorm_1, ...) whose leaves are not decayed.
 NORM_MODULE_PREFIXES = ('BatchNorm', 'LayerNorm', 'GroupNorm')
 # Official cosine schedule (solver/scheduler_factory): warmup starts at 0.01 x base, ends at
@@ -63,9 +64,8 @@ def _leaf_decays(path: str) -> bool:
 def decay_mask(params: Any) -> Any:
   """Tree of bools like `params`: True where weight decay applies.
 
-  False for leaves named 'bias' or 'scale' and for every leaf inside a BatchNorm / LayerNorm /
-  GroupNorm module; True otherwise (conv/dense kernels, embeddings, and other parameters such
-  as the mask threshold, which the paper leaves unspecified).
+  False for leaves named 'bias', 'scale' or 'threshold' (the SMP Delta) and for every leaf inside
+  a BatchNorm / LayerNorm / GroupNorm module; True otherwise (conv/dense kernels, embeddings).
   """
   return jax.tree_util.tree_map_with_path(lambda p, _: _leaf_decays(path_to_str(p)), params)
 

@@ -302,3 +302,10 @@ def test_parity_with_torch_optim(optimizer):
     opt.step()
   for name, t in tensors.items():
     np.testing.assert_allclose(got[name], t.detach().numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_the_smp_threshold_is_never_weight_decayed():
+  params = {'mfmp': {'threshold': jnp.zeros(()), 'fmi': {'conv': {'kernel': jnp.ones((1, 1, 2, 2))}}}}
+  mask = optim.decay_mask(params)
+  assert not mask['mfmp']['threshold']
+  assert mask['mfmp']['fmi']['conv']['kernel']
