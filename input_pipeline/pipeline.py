@@ -14,7 +14,10 @@ uint8 images (before any resize or augmentation, data.flare_rule), and resized t
 With data.cache_images the resized uint8 images are kept in memory, so later epochs only flip,
 crop, erase and normalise. The resize is deterministic, which is why the cache holds resized rather
 than original images: it is smaller and skips the most expensive step. tf.data runs the per-batch
-work in parallel (data.num_parallel_calls) and prefetches data.prefetch_batches batches.
+work in parallel (data.num_parallel_calls) and prefetches data.prefetch_batches batches. Python
+(NumPy) only gathers, flips and crops uint8 images; the float32 normalisation (and random-erasing
+fill) runs as TF ops in the graph, outside the Python lock. `make_train_batch_fn` and
+`make_eval_batch_fn` compute the same batches in NumPy alone (the reference in the tests).
 
 TensorFlow is only the executor here and must never take an accelerator: GPUs are hidden from it
 at import.
@@ -23,7 +26,6 @@ at import.
 from __future__ import annotations
 
 import collections
-import os
 import threading
 from typing import Callable, Iterator, Sequence
 
