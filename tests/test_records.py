@@ -282,3 +282,15 @@ def test_split_validation_too_many_ids_names_field():
   with pytest.raises(records.DatasetError, match='data.num_val_ids'):
     records.split_validation(train, 5, 0)
   assert records.split_validation(train, 0, 0) == (train, [], [])
+
+
+def test_numpy_modules_do_not_import_tensorflow():
+  """records, flare_label, sampler, augment and synthetic must run where TF is not installed."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ('import sys; from input_pipeline import records, flare_label, sampler, augment, '
+          'synthetic; assert "tensorflow" not in sys.modules, "tensorflow imported"')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 0, proc.stderr
