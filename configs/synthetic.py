@@ -24,9 +24,9 @@ def get_config():
   config.data.num_val_ids = 8
   config.model.depth = 18
   config.optim.base_lr = 1e-3
-  config.optim.decay_epochs = (12, 16)
-  config.train.num_epochs = 18
+  config.optim.decay_epochs = (7, 9)
+  config.train.num_epochs = 10
   config.train.log_every_steps = 10
   config.train.checkpoint_every_steps = 100
-  config.train.eval_every_epochs = 6
+  config.train.eval_every_epochs = 5
   return config

@@ -30,7 +30,10 @@ def _manager(directory: pathlib.Path, max_to_keep: int) -> ocp.CheckpointManager
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
       cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(directory.absolute(), options=options, item_names=('state', 'meta'))
+  # Handlers are named up front so a fresh manager can read metadata before any save/restore.
+  return ocp.CheckpointManager(
+      directory.absolute(), options=options,
+      item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -83,25 +83,25 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
 
 
 def _plot_rank_list(q_feats, g_feats, query, gallery, config, path, num_queries):
-  from input_pipeline import records as records_lib  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   chosen = np.linspace(0, len(query) - 1, min(num_queries, len(query))).astype(int)
   dist = evaluation.compute_distance_matrix(q_feats[chosen], g_feats, config.eval.distance)
   order = np.argsort(dist, axis=1, kind='stable')[:, :10]
   q_pids = np.asarray([query[i].pid for i in chosen])
   g_pids = np.asarray([r.pid for r in gallery])
   matches = g_pids[order] == q_pids[:, None]
-  query_images = [records_lib.load_triplet(query[i]) for i in chosen]
-  gallery_images = [[records_lib.load_triplet(gallery[j]) for j in row] for row in order]
+  query_images = [pipeline.load_record_triplet(query[i]) for i in chosen]
+  gallery_images = [[pipeline.load_record_triplet(gallery[j]) for j in row] for row in order]
   visualize.plot_rank_list(query_images, gallery_images, order, matches, path, top_k=10)
 
 
 def _plot_masks(masks, query, path, max_images=6):
   """Overlay the RGB/NI masks of the first flared queries (or the first queries if none)."""
   from input_pipeline import flare_label  # pylint: disable=g-import-not-at-top
-  from input_pipeline import records as records_lib  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   triplets, flared = [], []
   for i, record in enumerate(query):
-    images = records_lib.load_triplet(record)
+    images = pipeline.load_record_triplet(record)
     if flare_label.flare_bits(images[0], images[1], 'paper').any():
       flared.append(i)
       triplets.append(images)
@@ -109,7 +109,7 @@ def _plot_masks(masks, query, path, max_images=6):
       break
   if not flared:
     flared = list(range(min(max_images, len(query))))
-    triplets = [records_lib.load_triplet(query[i]) for i in flared]
+    triplets = [pipeline.load_record_triplet(query[i]) for i in flared]
   # Channel-mean of the [h, w, C] masks: the fraction of channels replaced at each position.
   to_map = lambda m: np.asarray(m).mean(axis=-1)
   visualize.plot_flare_masks([t[0] for t in triplets], [t[1] for t in triplets],

@@ -12,6 +12,12 @@ os.environ['JAX_PLATFORMS'] = 'cpu'
 _flag = f'--xla_force_host_platform_device_count={NUM_SIMULATED_DEVICES}'
 if _flag not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _flag).strip()
+# Identical programs compiled by different tests (and by the scripts the tests start as
+# subprocesses, which inherit this environment) are compiled once per run.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    __import__('tempfile').gettempdir(), f'facenet_jax_test_cache_{os.getuid()}'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # TensorFlow (tf.data) must never take an accelerator, and should not spam the test log.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -28,3 +34,13 @@ if str(REPO_ROOT) not in sys.path:
 @pytest.fixture(scope='session')
 def repo_root() -> pathlib.Path:
   return REPO_ROOT
+
+
+@pytest.fixture(scope='session')
+def tiny_synthetic_root(tmp_path_factory) -> str:
+  """A small synthetic tree (WMVeID863 layout) shared by the training and evaluation tests."""
+  from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp('tiny_synthetic') / 'synthetic')
+  synthetic.generate_synthetic_dataset(root, num_ids=15, triplets_per_id=4, image_size=(32, 16),
+                                       flare_fraction=0.4, seed=3)
+  return root
