@@ -15,6 +15,15 @@ machine shared with other jobs, where wall-clock rates understate what the cores
 the per-query NumPy loop at the WMVeID863 test size, 10k x 10k and 100k x 100k (chunked only),
 with the peak resident memory.
 
+    python scripts/benchmark.py train --config configs/wmveid863.py [--batch P,K] [--dtype bf16|f32]
+        [--depth 50] [--image_size 256,128] [--steps N] [--vs torch] [--config.a.b=value]
+
+`train`: the jitted three-stream train step (`facenet_jax.train.make_train_step`: model, losses,
+optimiser; state donated) on device-resident synthetic batches: compile time, median step time,
+triplets/s, images/s, MFU from the analytic FLOP count (`facenet_jax.flops`, also printed next to
+XLA's own count), peak memory; `--vs torch` times the PyTorch mirror
+(`benchmarks/torch_facenet.py`) on the same shapes in the same process.
+
 Each subcommand is an `add_<name>_parser(subparsers)` / `run_<name>(args)` pair registered in
 SUBCOMMANDS, so others are added without touching the existing ones.
 """
@@ -153,9 +162,200 @@ def run_eval(args) -> None:
       f.write(json.dumps(result) + '\n')
 
 
+# ------------------------------------------------------------------------------ train
+
+# Dense peak FLOP/s per device kind (vendor figures). H200 has the H100's compute units.
+PEAK_TFLOPS = {
+    'H100': {'bfloat16': 989.0, 'float32': 67.0},   # SXM: bf16 tensor-core dense; f32 non-tensor
+    'H200': {'bfloat16': 989.0, 'float32': 67.0},
+}
+# WMVeID863: 575 training ids minus the 50 held out for validation in configs/wmveid863.py.
+DEFAULT_NUM_CLASSES = 525
+
+
+def add_train_parser(subparsers) -> None:
+  p = subparsers.add_parser(
+      'train', help='jitted FACENet train step on device-resident synthetic batches',
+      description='Extra --config.group.field=value arguments override the config.')
+  p.add_argument('--config', default='configs/wmveid863.py', help='config file with get_config()')
+  p.add_argument('--batch', default='', help='P,K (default: the config\'s)')
+  p.add_argument('--dtype', default='', choices=['', 'bf16', 'f32'],
+                 help='model.dtype (default: the config\'s)')
+  p.add_argument('--depth', type=int, default=0, help='model.depth (default: the config\'s)')
+  p.add_argument('--image_size', default='', help='H,W (default: the config\'s)')
+  p.add_argument('--num_classes', type=int, default=DEFAULT_NUM_CLASSES)
+  p.add_argument('--steps', type=int, default=20, help='timed steps (after compilation)')
+  p.add_argument('--peak_tflops', type=float, default=0.0,
+                 help='device peak TFLOP/s for MFU (default: from a table of known devices)')
+  p.add_argument('--vs', default='', choices=['', 'torch'],
+                 help='also time the PyTorch mirror (benchmarks/torch_facenet.py)')
+  p.add_argument('--torch_compile', action='store_true', help='torch.compile the torch model')
+
+
+def _load_config(path: str, overrides: list[str]):
+  """`get_config()` of the file at `path`, with `--config.a.b=value` overrides applied."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('benchmark_config', path)
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f'--config {path!r} is not a config file')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for arg in overrides:
+    if not arg.startswith('--config.') or '=' not in arg:
+      raise ValueError(f'unexpected argument {arg!r} (overrides look like --config.a.b=value)')
+    key, value = arg[len('--config.'):].split('=', 1)
+    *groups, field = key.split('.')
+    node = config
+    for g in groups:
+      node = node[g]
+    if field not in node:
+      raise KeyError(f'--config.{key}: the config has no field {key!r}')
+    try:
+      parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parsed = value
+    node[field] = parsed
+  return config
+
+
+def _device_peak_tflops(device, dtype: str, override: float) -> float | None:
+  if override > 0:
+    return override
+  kind = getattr(device, 'device_kind', '')
+  for name, peaks in PEAK_TFLOPS.items():
+    if name in kind:
+      return peaks[dtype]
+  return None
+
+
+def _peak_memory(device) -> tuple[str, int]:
+  """('device', peak bytes in use) where the backend reports it, else ('process max RSS', bytes)."""
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if stats and 'peak_bytes_in_use' in stats:
+    return 'device peak', int(stats['peak_bytes_in_use'])
+  return 'process max RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def synthetic_train_batch(num_ids: int, num_instances: int, image_size: tuple[int, int],
+                          num_classes: int, seed: int) -> dict:
+  """A random P x K batch in NumPy: images N(0, 1) `[B, H, W, 3]`, K rows per each of P distinct
+  pids, random flare bits `[B, 2]` (no TensorFlow on this path)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  b = num_ids * num_instances
+  h, w = image_size
+  pids = rng.choice(num_classes, size=num_ids, replace=num_classes < num_ids)
+  batch = {s: rng.standard_normal((b, h, w, 3), dtype=np.float32) for s in ('rgb', 'ni', 'ti')}
+  batch['pid'] = np.repeat(pids, num_instances).astype(np.int32)
+  batch['flare'] = rng.integers(0, 2, size=(b, 2)).astype(np.int32)
+  return batch
+
+
+def run_train(args) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from facenet_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from facenet_jax import optim  # pylint: disable=g-import-not-at-top
+  from facenet_jax import sharding  # pylint: disable=g-import-not-at-top
+  from facenet_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from facenet_jax.models import facenet  # pylint: disable=g-import-not-at-top
+  from facenet_jax.train_state import create_train_state  # pylint: disable=g-import-not-at-top
+
+  config = _load_config(args.config, args.overrides)
+  if args.batch:
+    config.data.num_ids_per_batch, config.data.num_instances = map(int, args.batch.split(','))
+  if args.image_size:
+    config.data.image_size = tuple(map(int, args.image_size.split(',')))
+  if args.depth:
+    config.model.depth = args.depth
+  if args.dtype:
+    config.model.dtype = {'bf16': 'bfloat16', 'f32': 'float32'}[args.dtype]
+  p, k = config.data.num_ids_per_batch, config.data.num_instances
+  batch_size, image_size = p * k, tuple(config.data.image_size)
+  device = jax.devices()[0]
+  mesh = sharding.create_mesh()
+  sharding.check_batch_divisible(batch_size, mesh, '--batch P,K')
+  print(f'device: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), '
+        f'jax {jax.__version__}; model ResNet{config.model.depth} x3, {config.model.dtype}, '
+        f'{image_size[0]}x{image_size[1]}, batch {batch_size} (P={p} x K={k}), '
+        f'{args.num_classes} classes', flush=True)
+
+  model = facenet.build_model(config.model, args.num_classes)
+  steps_per_epoch = 100  # only shapes the LR schedule, which does not affect the timing
+  lr_fn = optim.create_learning_rate_fn(config.optim, steps_per_epoch, config.train.num_epochs)
+  t = time.perf_counter()
+  variables = train_lib.init_variables(model, config, jax.random.PRNGKey(config.train.seed),
+                                       load_pretrained=False)
+  tx = optim.create_optimizer(config.optim, variables['params'], steps_per_epoch,
+                              config.train.num_epochs)
+  state = sharding.replicate(create_train_state(variables, tx, jax.random.PRNGKey(1)), mesh)
+  del variables
+  host_batches = [synthetic_train_batch(p, k, image_size, args.num_classes, seed)
+                  for seed in range(2)]
+  batches = [sharding.shard_batch(b, mesh) for b in host_batches]
+  jax.block_until_ready((state, batches))
+  print(f'init: {time.perf_counter() - t:.1f} s; params '
+        f'{facenet.parameter_counts(model, image_size)["total"]:,} (JAX)', flush=True)
+
+  step = train_lib.jit_train_step(train_lib.make_train_step(model, tx, config, lr_fn), mesh)
+  t = time.perf_counter()
+  compiled = step.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - t
+  state, metrics = compiled(state, batches[0])  # first call: buffers, autotuning
+  jax.block_until_ready((state, metrics))
+  times = []
+  for i in range(args.steps):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batches[(i + 1) % len(batches)])
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t)
+  loss = float(metrics['loss'])
+  if not np.isfinite(loss):
+    raise FloatingPointError(f'train loss is not finite: {loss}')
+  median = float(np.median(times))
+  analytic = flops_lib.train_step_flops(config.model, args.num_classes, image_size, batch_size)
+  xla = flops_lib.xla_flops(compiled)
+  peak = _device_peak_tflops(device, config.model.dtype, args.peak_tflops)
+  mem_kind, mem_bytes = _peak_memory(device)
+  print(f'compile: {compile_s:.1f} s', flush=True)
+  print(f'step time (median of {args.steps}): {median * 1e3:.1f} ms  '
+        f'[min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}]; loss {loss:.4f}')
+  print(f'throughput: {batch_size / median:.2f} triplets/s, {3 * batch_size / median:.2f} images/s')
+  xla_text = f'{xla / 1e9:.1f} GFLOP' if xla is not None else 'unavailable'
+  print(f'model FLOPs/step: analytic {analytic / 1e9:.1f} GFLOP (conv+dense, 3 x forward); '
+        f'XLA cost_analysis {xla_text}')
+  achieved = analytic / median / 1e12
+  if peak:
+    print(f'MFU: {100 * achieved / peak:.2f}% ({achieved:.3f} TFLOP/s of {peak:g} peak)')
+  else:
+    print(f'MFU: unknown (no peak for {device.device_kind!r}; pass --peak_tflops); achieved '
+          f'{achieved:.3f} TFLOP/s')
+  print(f'memory: {mem_kind} {mem_bytes / 2**30:.2f} GiB', flush=True)
+
+  if args.vs == 'torch':
+    from benchmarks import torch_facenet  # pylint: disable=g-import-not-at-top
+    del state, batches, compiled
+    res = torch_facenet.benchmark_torch(
+        config.model, args.num_classes, host_batches[0], args.steps, config.model.dtype,
+        lr=config.optim.base_lr, weight_decay=config.optim.weight_decay,
+        margin=config.loss.triplet_margin, compile_model=args.torch_compile)
+    torch_tps = batch_size / res['median_s']
+    print(f'torch: device {res["device"]}, {res["threads"]} threads, params {res["params"]:,} '
+          f'(JAX {facenet.parameter_counts(model, image_size)["total"]:,}); warm-up '
+          f'{res["warmup_s"]:.1f} s; step time (median of {args.steps}): '
+          f'{res["median_s"] * 1e3:.1f} ms; {torch_tps:.2f} triplets/s; loss {res["loss"]:.4f}')
+    print(f'JAX/torch throughput: {res["median_s"] / median:.2f}x', flush=True)
+
+
 SUBCOMMANDS = {
     'pipeline': (add_pipeline_parser, run_pipeline),
     'eval': (add_eval_parser, run_eval),
+    'train': (add_train_parser, run_train),
 }
 
 
@@ -164,7 +364,10 @@ def main(argv=None) -> None:
   subparsers = parser.add_subparsers(dest='command', required=True)
   for add_parser, _ in SUBCOMMANDS.values():
     add_parser(subparsers)
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
+  if extra and args.command != 'train':
+    parser.error(f'unrecognized arguments: {" ".join(extra)}')
+  args.overrides = extra  # `train` takes --config.a.b=value overrides
   SUBCOMMANDS[args.command][1](args)
 
 
