@@ -58,6 +58,17 @@ def get_config() -> ml_collections.ConfigDict:
   model.mask_temperature = 1.0      # temperature of the relaxed mask sigmoid((m - Delta) / T)
   model.test_time_fce = True        # apply FCE at test time, gated by each sample's own pseudo-label
   model.neck_feat = 'before'        # test embedding from features 'before' or 'after' the BNNeck
+  # ViT-B/16 streams (backbone 'vit_b16', the official code's model); defaults are ViT-B/16.
+  model.vit_patch_size = 16         # patch side and stride (non-overlapping patches)
+  model.vit_embed_dim = 768         # token width D
+  model.vit_depth = 12              # blocks; streams run blocks 0..depth-2, heads copy the last one
+  model.vit_num_heads = 12          # self-attention heads per block
+  model.vit_mlp_ratio = 4.0         # MLP hidden width as a multiple of D
+  model.vit_drop_path = 0.1         # stochastic depth of the last block (linear from 0 over depth)
+  model.cross_attention_heads = 16  # MFMP cross-attention heads (official code: 16)
+  model.cross_attention_dim_head = 768  # width per cross-attention head (official: 768, inner 12288)
+  model.cross_attention_split = 'official'  # 'official' row-major reshape (windowed) | 'standard'
+  model.cross_attention_dropout = 0.5  # dropout on the cross-attention output (official: 0.5)
   # Official-code bugs, reproduced only when switched on explicitly.
   model.bug_rgb_uses_ni_mask = False   # RGB keeps f_R * (1 - M_N) instead of (1 - M_R)
   model.bug_batch_level_gating = False # enhance the whole batch when any sample is flared

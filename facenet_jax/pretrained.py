@@ -1,4 +1,6 @@
-"""ImageNet ResNet weights for the three FACENet streams.
+"""ImageNet ResNet (and ViT-B/16) weights for the three FACENet streams.
+
+ViT weights (`config.model.backbone='vit_b16'`): see the "ViT-B/16" section at the end.
 
 Formats read by `load_pretrained_backbone(path, depth)`:
   * `.pth` / `.pt`   a torchvision-layout state dict saved by torch (needs torch, imported lazily);
@@ -24,6 +26,7 @@ is an error that lists the keys.
 """
 
 import functools
+import math
 import os
 from typing import Any, Mapping
 
@@ -34,6 +37,7 @@ import numpy as np
 
 from facenet_jax.models import facenet
 from facenet_jax.models import resnet
+from facenet_jax.models import vit
 
 COLLECTIONS = ('params', 'batch_stats')
 _BN_TORCH = {('params', 'scale'): 'weight', ('params', 'bias'): 'bias',
@@ -174,8 +178,17 @@ def _check_against(tree: Mapping[str, Any], expected: Mapping[str, Any], what: s
     raise _key_error(what, set(want) - set(got), set(got) - set(want), mismatched)
 
 
-def load_pretrained_backbone(path: str, depth: int) -> dict[str, dict[str, Any]]:
-  """`{'params', 'batch_stats'}` of `ResNet(depth)` (float32 numpy) from any supported file."""
+def load_pretrained_backbone(path: str, depth: int,
+                             backbone: str = 'resnet') -> dict[str, dict[str, Any]]:
+  """`{'params', 'batch_stats'}` of `ResNet(depth)` (float32 numpy) from any supported file.
+
+  `backbone='vit_b16'` (`config.model.backbone`) reads ViT weights instead (`load_pretrained_vit`:
+  `{'params': full ViT tree}`; `depth` is then unused).
+  """
+  if backbone == VIT_BACKBONE:
+    return load_pretrained_vit(path)
+  if backbone != 'resnet':
+    raise ValueError(f"config.model.backbone={backbone!r} must be 'resnet' or {VIT_BACKBONE!r}")
   arrays = read_weights(path)
   if not _is_flax_layout(arrays):
     return convert_torchvision_resnet(arrays, depth, source=path)
@@ -194,15 +207,23 @@ def save_backbone(backbone_vars: Mapping[str, Any], path: str) -> None:
   np.savez(path, **flat)
 
 
-def init_streams_from_pretrained(variables: Mapping[str, Any],
-                                 backbone_vars: Mapping[str, Any]) -> dict[str, Any]:
+def init_streams_from_pretrained(variables: Mapping[str, Any], backbone_vars: Mapping[str, Any],
+                                 image_size: tuple[int, int] | None = None) -> dict[str, Any]:
   """Copies one ResNet's `{'params', 'batch_stats'}` into all three FACENet streams.
+
+  A ViT from `load_pretrained_backbone(..., backbone='vit_b16')` (its params hold 'pos_embed')
+  goes to `init_vit_streams_from_pretrained`, which needs the network's `image_size` (H, W).
 
   `variables` are FACENet variables (from `model.init`); the result is a new dict (the input is not
   modified) in which `backbone_rgb`, `backbone_ni` and `backbone_ti` hold float32 copies of the
   backbone, as the official code deep-copies one pretrained backbone into every stream. Heads, MFMP
   and everything else keep their initial values. Raises ValueError listing mismatched keys.
   """
+  if 'pos_embed' in backbone_vars.get('params', {}):
+    if image_size is None:
+      raise ValueError('init_streams_from_pretrained needs image_size (config.data.image_size) '
+                       'for ViT weights: the position embedding is resized to the patch grid.')
+    return init_vit_streams_from_pretrained(variables, backbone_vars['params'], image_size)
   variables = flax.core.unfreeze(variables)
   new = {c: dict(v) for c, v in variables.items()}
   for collection in COLLECTIONS:
@@ -217,4 +238,232 @@ def init_streams_from_pretrained(variables: Mapping[str, Any],
                      f'pretrained backbone vs FACENet {stream} stream ({collection}/{name})')
       new[collection][name] = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32),
                                            backbone_vars[collection])
+  return new
+
+
+# ------------------------------------------------------------------------------------ ViT-B/16
+# The official code's ViT weights (`jx_vit_base_p16_224`) in either of two layouts, converted to
+# one "full ViT" tree of float32 numpy arrays (Flax layouts: kernels [in, out], patch kernel
+# [p, p, 3, D]):
+#   {'patch_embed': {'kernel', 'bias'}, 'cls_token': [1, 1, D], 'pos_embed': [1, 1 + g*g, D],
+#    'block_{i}': {'norm1', 'attn': {'qkv', 'proj'}, 'norm2', 'mlp': {'fc1', 'fc2'}},
+#    'norm': {'scale', 'bias'}}
+#
+# timm layout (`.pth`, or the same names in .safetensors/.npz)     full ViT tree
+#   patch_embed.proj.weight [D, 3, p, p] / .bias                   patch_embed/kernel / bias
+#   cls_token, pos_embed                                           cls_token, pos_embed
+#   blocks.{i}.norm1/norm2.weight / .bias                          block_{i}/norm1/scale / bias
+#   blocks.{i}.attn.qkv / attn.proj / mlp.fc1 / mlp.fc2 .weight    block_{i}/.../kernel (transposed)
+#   norm.weight / .bias                                            norm/scale / bias
+# Keys containing 'head' or 'dist' are skipped as the code's `load_param` does, and so is the
+# unused 'pre_logits' layer of some checkpoints.
+#
+# Original JAX layout (`.npz` of the ViT paper's release)
+#   embedding/kernel [p, p, 3, D], embedding/bias, cls, Transformer/posembed_input/pos_embedding
+#   Transformer/encoderblock_{i}/LayerNorm_0, LayerNorm_2           norm1, norm2
+#   .../MultiHeadDotProductAttention_1/{query,key,value}/kernel [D, H, Dh], bias [H, Dh]
+#                                                                   attn/qkv (concatenated q|k|v)
+#   .../MultiHeadDotProductAttention_1/out/kernel [H, Dh, D], bias  attn/proj
+#   .../MlpBlock_3/Dense_0, Dense_1                                mlp/fc1, mlp/fc2
+#   Transformer/encoder_norm                                       norm
+# 'head/*' and 'pre_logits/*' are skipped.
+
+VIT_BACKBONE = 'vit_b16'
+_VIT_TIMM_LINEARS = ('attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2')
+_VIT_JAX_PREFIX = 'Transformer/'
+
+
+def _is_ignored_vit_key(name: str) -> bool:
+  return 'head' in name or 'dist' in name or 'pre_logits' in name
+
+
+def _vit_block_count(names, pattern: str, source: str) -> int:
+  indices = set()
+  for name in names:
+    if name.startswith(pattern):
+      rest = name[len(pattern):]
+      index = rest.split('.', 1)[0].split('/', 1)[0]
+      if index.isdigit():
+        indices.add(int(index))
+  if not indices:
+    raise ValueError(f'ViT weights in {source} have no transformer blocks ({pattern}N...)')
+  if indices != set(range(len(indices))):
+    raise ValueError(f'ViT weights in {source} have non-contiguous block indices {sorted(indices)}')
+  return len(indices)
+
+
+def _take(arrays: Mapping[str, np.ndarray], wanted: dict[str, Any], source: str,
+          ignored) -> dict[tuple[str, ...], np.ndarray]:
+  """`wanted`: file key -> (tree path, convert fn). Raises listing missing/unexpected keys."""
+  given = {k for k in arrays if not ignored(k)}
+  missing = set(wanted) - given
+  unexpected = given - set(wanted)
+  if missing or unexpected:
+    raise _key_error(f'ViT weights in {source}', missing, unexpected, [])
+  return {path: convert(np.asarray(arrays[k], np.float32)) for k, (path, convert) in wanted.items()}
+
+
+def convert_timm_vit(state_dict: Mapping[str, np.ndarray],
+                     source: str = 'state dict') -> dict[str, Any]:
+  """timm-layout ViT state dict (numpy) -> full ViT tree (see the table above)."""
+  depth = _vit_block_count(state_dict, 'blocks.', source)
+  same = lambda a: a
+  wanted = {
+      'patch_embed.proj.weight': (('patch_embed', 'kernel'), lambda a: a.transpose(2, 3, 1, 0)),
+      'patch_embed.proj.bias': (('patch_embed', 'bias'), same),
+      'cls_token': (('cls_token',), same),
+      'pos_embed': (('pos_embed',), same),
+      'norm.weight': (('norm', 'scale'), same),
+      'norm.bias': (('norm', 'bias'), same),
+  }
+  for i in range(depth):
+    block = f'block_{i}'
+    for norm in ('norm1', 'norm2'):
+      wanted[f'blocks.{i}.{norm}.weight'] = ((block, norm, 'scale'), same)
+      wanted[f'blocks.{i}.{norm}.bias'] = ((block, norm, 'bias'), same)
+    for linear in _VIT_TIMM_LINEARS:
+      module, layer = linear.split('.')
+      wanted[f'blocks.{i}.{linear}.weight'] = ((block, module, layer, 'kernel'), lambda a: a.T)
+      wanted[f'blocks.{i}.{linear}.bias'] = ((block, module, layer, 'bias'), same)
+  flat = _take(state_dict, wanted, source, _is_ignored_vit_key)
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def convert_jax_vit(arrays: Mapping[str, np.ndarray], source: str = 'npz') -> dict[str, Any]:
+  """Original JAX-layout ViT `.npz` arrays -> full ViT tree (see the table above)."""
+  prefix = _VIT_JAX_PREFIX + 'encoderblock_'
+  depth = _vit_block_count(arrays, prefix, source)
+  same = lambda a: a
+  wanted = {
+      'embedding/kernel': (('patch_embed', 'kernel'), same),
+      'embedding/bias': (('patch_embed', 'bias'), same),
+      'cls': (('cls_token',), same),
+      _VIT_JAX_PREFIX + 'posembed_input/pos_embedding': (('pos_embed',), same),
+      _VIT_JAX_PREFIX + 'encoder_norm/scale': (('norm', 'scale'), same),
+      _VIT_JAX_PREFIX + 'encoder_norm/bias': (('norm', 'bias'), same),
+  }
+  flat = {}
+  for i in range(depth):
+    block, p = f'block_{i}', f'{prefix}{i}/'
+    for ours, theirs in (('norm1', 'LayerNorm_0'), ('norm2', 'LayerNorm_2')):
+      for leaf in ('scale', 'bias'):
+        wanted[f'{p}{theirs}/{leaf}'] = ((block, ours, leaf), same)
+    for ours, theirs in (('fc1', 'Dense_0'), ('fc2', 'Dense_1')):
+      for leaf in ('kernel', 'bias'):
+        wanted[f'{p}MlpBlock_3/{theirs}/{leaf}'] = ((block, 'mlp', ours, leaf), same)
+    attn = f'{p}MultiHeadDotProductAttention_1/'
+    # q, k, v become one fused [D, 3D] kernel (columns q|k|v, then head, then dim, as timm).
+    for part in ('query', 'key', 'value'):
+      for leaf in ('kernel', 'bias'):
+        wanted[f'{attn}{part}/{leaf}'] = ((block, 'attn', part, leaf), same)
+    wanted[f'{attn}out/kernel'] = ((block, 'attn', 'proj', 'kernel'),
+                                   lambda a: a.reshape(-1, a.shape[-1]))
+    wanted[f'{attn}out/bias'] = ((block, 'attn', 'proj', 'bias'), same)
+  taken = _take(arrays, wanted, source, lambda k: k.startswith(('head/', 'pre_logits/')))
+  for path, value in taken.items():
+    if path[1] == 'attn' and path[2] in ('query', 'key', 'value'):
+      continue
+    flat[path] = value
+  for i in range(depth):
+    block = f'block_{i}'
+    parts = [taken[(block, 'attn', part, 'kernel')] for part in ('query', 'key', 'value')]
+    flat[(block, 'attn', 'qkv', 'kernel')] = np.concatenate(
+        [k.reshape(k.shape[0], -1) for k in parts], axis=1)
+    flat[(block, 'attn', 'qkv', 'bias')] = np.concatenate(
+        [taken[(block, 'attn', part, 'bias')].reshape(-1) for part in ('query', 'key', 'value')])
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def load_pretrained_vit(path: str) -> dict[str, Any]:
+  """`{'params': full ViT tree}` (float32 numpy) from a timm-layout or original JAX-layout file."""
+  arrays = read_weights(path)
+  if any(k.startswith(_VIT_JAX_PREFIX) for k in arrays):
+    return {'params': convert_jax_vit(arrays, source=path)}
+  return {'params': convert_timm_vit(arrays, source=path)}
+
+
+def _linear_resize_weights(n_in: int, n_out: int) -> np.ndarray:
+  """`[n_out, n_in]` 1-D linear interpolation weights, half-pixel centres, no antialiasing.
+
+  torch `F.interpolate(mode='bilinear', align_corners=False)`: source coordinate
+  (i + 0.5) * n_in / n_out - 0.5, clamped below at 0; neighbours clamped to the last index.
+  """
+  src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * n_in / n_out - 0.5, 0.0)
+  lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+  hi = np.minimum(lo + 1, n_in - 1)
+  frac = src - lo
+  weights = np.zeros((n_out, n_in), np.float64)
+  np.add.at(weights, (np.arange(n_out), lo), 1.0 - frac)
+  np.add.at(weights, (np.arange(n_out), hi), frac)
+  return weights
+
+
+def resize_pos_embed(pos_embed: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+  """`[1, 1 + g * g, D]` (square g x g grid, CLS first) -> `[1, 1 + gh * gw, D]`.
+
+  The CLS entry is kept; the grid part is resized bilinearly (half-pixel centres, no antialias),
+  as the code's `resize_pos_embed` with torch `F.interpolate(mode='bilinear')`.
+  """
+  pos_embed = np.asarray(pos_embed, np.float64)
+  n = pos_embed.shape[1] - 1
+  g = int(round(math.sqrt(n)))
+  if g * g != n:
+    raise ValueError(f'pretrained pos_embed has {n} patch positions, not a square grid')
+  gh, gw = grid
+  old = pos_embed[0, 1:].reshape(g, g, -1)
+  new = np.einsum('ay,bx,yxd->abd', _linear_resize_weights(g, gh), _linear_resize_weights(g, gw),
+                  old).reshape(gh * gw, -1)
+  return np.concatenate([pos_embed[:, :1], new[None]], axis=1).astype(np.float32)
+
+
+def init_vit_streams_from_pretrained(variables: Mapping[str, Any], vit_params: Mapping[str, Any],
+                                     image_size: tuple[int, int]) -> dict[str, Any]:
+  """Copies one full pretrained ViT into a `FACENetViT`'s streams and last-block heads.
+
+  Streams `backbone_{rgb,ni,ti}` get the patch embedding, CLS token, the position embedding
+  resized to this `image_size`'s patch grid, and blocks 0..depth-2; every branch head
+  (`vit_head_s`) and flare head (`mfmp/flare_head_s/token_head`) gets its own copy of the last
+  block and the final LayerNorm, as the code deep-copies them. Everything else (BNNecks,
+  classifiers, cross-attention, Delta) keeps its initial values. Returns a new dict.
+  """
+  variables = flax.core.unfreeze(variables)
+  new = {c: dict(v) for c, v in variables.items()}
+  params = new['params']
+  for name in facenet.BACKBONE_NAMES.values():
+    if name not in params:
+      raise ValueError(f'FACENet variables have no params/{name} to initialise')
+  first = params[facenet.BACKBONE_NAMES['rgb']]
+  model_depth = sum(k.startswith('block_') for k in first) + 1
+  ckpt_depth = sum(k.startswith('block_') for k in vit_params)
+  if ckpt_depth != model_depth:
+    raise ValueError(f'the pretrained ViT has {ckpt_depth} blocks but the model has '
+                     f'config.model.vit_depth={model_depth}')
+  patch = int(np.shape(first['patch_embed']['kernel'])[0])
+  grid = vit.grid_size(tuple(image_size), patch)
+  as_jnp = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
+  stream = {k: vit_params[k] for k in ('patch_embed', 'cls_token')}
+  stream['pos_embed'] = resize_pos_embed(vit_params['pos_embed'], grid)
+  stream.update({f'block_{i}': vit_params[f'block_{i}'] for i in range(model_depth - 1)})
+  head = {'block': vit_params[f'block_{model_depth - 1}'], 'norm': vit_params['norm']}
+  for stream_name, name in facenet.BACKBONE_NAMES.items():
+    _check_against(stream, params[name], f'pretrained ViT vs FACENet {stream_name} stream '
+                   f'(params/{name})')
+    params[name] = as_jnp(stream)
+  targets = [(f'vit_head_{s}',) for s in facenet.STREAMS]
+  if 'mfmp' in params:
+    params['mfmp'] = dict(params['mfmp'])
+    targets += [('mfmp', f'flare_head_{s}') for s in ('rgb', 'ni')]
+  for target in targets:
+    parent = params
+    for key in target[:-1]:
+      parent = parent[key]
+    module = dict(parent[target[-1]])
+    current = module if target[0].startswith('vit_head') else module['token_head']
+    _check_against(head, current, f'pretrained ViT last block vs FACENet params/'
+                   f'{"/".join(target)}')
+    if target[0].startswith('vit_head'):
+      module = as_jnp(head)
+    else:
+      module['token_head'] = as_jnp(head)
+    parent[target[-1]] = module
   return new

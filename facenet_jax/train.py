@@ -182,8 +182,10 @@ def init_variables(model, config: ml_collections.ConfigDict, rng: jax.Array,
   variables = dict(jax.jit(_init_fn(model, config))(rng))
   if load_pretrained and config.model.pretrained_path:
     from facenet_jax import pretrained  # pylint: disable=g-import-not-at-top
-    backbone = pretrained.load_pretrained_backbone(config.model.pretrained_path, config.model.depth)
-    variables = pretrained.init_streams_from_pretrained(variables, backbone)
+    backbone = pretrained.load_pretrained_backbone(config.model.pretrained_path, config.model.depth,
+                                                   config.model.backbone)
+    variables = pretrained.init_streams_from_pretrained(variables, backbone,
+                                                        config.data.image_size)
     logging.info('Initialised the three streams from %s', config.model.pretrained_path)
   return variables
 

@@ -122,7 +122,6 @@ def test_bnneck_has_no_bias_and_the_classifier_none_either():
 
 
 @pytest.mark.parametrize('overrides,exc,fields', [
-    ({'backbone': 'vit_b16'}, NotImplementedError, ['config.model.backbone']),
     ({'backbone': 'densenet'}, ValueError, ['config.model.backbone']),
     ({'mfmp': False, 'fce': True}, ValueError, ['config.model.fce', 'config.model.mfmp']),
     ({'depth': 152}, ValueError, ['model.depth']),

@@ -17,6 +17,10 @@ Switches (paper Table 2 / Table 4 ablations): `mfmp`, `fmi`, `fce`, `plugin_laye
 (mfmp = fce = False) is three plain ResNet streams with BNNeck heads; `fmi` is ignored when
 `mfmp` is off. FCE needs the MFMP masks, so fce without mfmp is rejected by `build_model`.
 
+`model.backbone='vit_b16'` builds `FACENetViT` instead: the official code's three ViT-B/16 streams
+with token cross-attention MFMP and copied last-block heads (see its docstring), with the same
+switches, outputs and drivers.
+
 FCE gate at test time (`test_time_fce`): each sample's own pseudo-label decides, so an embedding
 never depends on the rest of its batch (unless `bug_batch_level_gating` reproduces the official
 any-sample-in-the-batch gate).
@@ -30,8 +34,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from facenet_jax.models import cross_attention
 from facenet_jax.models import modules
 from facenet_jax.models import resnet
+from facenet_jax.models import vit
 
 STREAMS = ('rgb', 'ni', 'ti')
 # Names of each stream's ResNet in the parameter tree (used by facenet_jax.pretrained).
@@ -162,12 +168,158 @@ class FACENet(nn.Module):
     return outputs
 
 
-def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> FACENet:
-  """FACENet from `config.model` (fields of configs/default.py) and the number of train ids."""
-  if model_config.backbone == 'vit_b16':
-    raise NotImplementedError(
-        "config.model.backbone='vit_b16' is not implemented yet; use config.model.backbone="
-        "'resnet'.")
+class FACENetViT(nn.Module):
+  """The official code's FACENet: three ViT-B/16 streams, token MFMP/FCE, block-12 heads.
+
+  Same call and outputs as `FACENet` (reference Sec. 1.2-1.3):
+    1. Each stream runs its own ViT (`backbone_{s}`, `vit.ViT`) up to block depth-2: all tokens
+       [B, 1 + n, D]; split into CLS c_s [B, 1, D] and the patch grid Z_s [B, gh, gw, D].
+    2. MFMP (`cross_attention.TokenMFMP`, name 'mfmp'): RGB <- NI and NI <- RGB cross-attention
+       gives Z_hat_s; masks M_s from Z_hat_s and Delta; flare heads on [c_s; Z_hat_s].
+    3. FCE (Eq. 7, the shared `modules.flare_aware_enhancement`) on the token grid, with the same
+       gates and bug switches as the ResNet path; TI is unchanged.
+    4. Branch head s (`vit_head_{s}`, a copy of the last block + final LayerNorm) on
+       [c_s; Z'_s]; its CLS output is the feature g_s -> BNNeck + classifier (`head_{s}`).
+  'masks' are [B, gh, gw, D] (the row-major patch grid; D = vit_embed_dim) and the features
+  [B, D]. `fmi=False` skips the cross-attention (Z_hat_s = Z_s); `mfmp=False` is three plain ViT
+  streams with their heads. Dropout and drop path draw from the 'dropout' rng in training.
+  """
+  num_classes: int
+  dtype: Any = jnp.float32
+  mfmp: bool = True
+  fmi: bool = True
+  fce: bool = True
+  mask_estimator: str = 'sigmoid'
+  mask_temperature: float = 1.0
+  flare_head_input: str = 'mask'
+  test_time_fce: bool = True
+  neck_feat: str = 'before'
+  bug_rgb_uses_ni_mask: bool = False
+  bug_batch_level_gating: bool = False
+  bug_dead_threshold: bool = False
+  patch_size: int = 16
+  embed_dim: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.1
+  cross_attention_heads: int = 16
+  cross_attention_dim_head: int = 768
+  cross_attention_split: str = 'official'
+  cross_attention_dropout: float = 0.5
+
+  @nn.compact
+  def __call__(self, rgb: jax.Array, ni: jax.Array, ti: jax.Array, flare: jax.Array,
+               train: bool = False) -> dict[str, Any]:
+    if self.fce and not self.mfmp:
+      raise ValueError('model.fce=True needs model.mfmp=True: FCE (Eq. 7) uses the MFMP masks.')
+    if self.neck_feat not in NECK_FEATS:
+      raise ValueError(f'model.neck_feat={self.neck_feat!r} must be one of {NECK_FEATS}')
+    gh, gw = vit.grid_size(rgb.shape[1:3], self.patch_size)
+    # The heads copy the last block, which keeps the last (largest) drop-path rate.
+    head_rate = vit.drop_path_rate(self.depth - 1, self.depth, self.drop_path)
+    x = {'rgb': rgb, 'ni': ni, 'ti': ti}
+    tokens = {s: vit.ViT(self.embed_dim, self.depth, self.num_heads, self.mlp_ratio,
+                         self.patch_size, self.drop_path, self.dtype,
+                         name=BACKBONE_NAMES[s])(x[s], train) for s in STREAMS}
+    b = rgb.shape[0]
+    cls = {s: tokens[s][:, :1] for s in STREAMS}
+    grid = {s: tokens[s][:, 1:].reshape(b, gh, gw, self.embed_dim) for s in STREAMS}
+
+    outputs: dict[str, Any] = {}
+    if self.mfmp:
+      mf = cross_attention.TokenMFMP(
+          self.num_heads, self.mlp_ratio, head_rate, self.fmi, self.cross_attention_heads,
+          self.cross_attention_dim_head, self.cross_attention_split,
+          self.cross_attention_dropout, self.mask_estimator, self.mask_temperature,
+          self.flare_head_input, self.bug_dead_threshold, self.dtype, name='mfmp')(
+              {s: cls[s] for s in ('rgb', 'ni')}, {s: grid[s] for s in ('rgb', 'ni')}, train)
+      outputs['flare_logits'] = mf['flare_logits']
+      outputs['masks'] = mf['masks']
+      outputs['threshold'] = mf['threshold']
+      if self.fce and (train or self.test_time_fce):
+        gate_rgb, gate_ni = modules.fce_gates(flare, self.bug_batch_level_gating)
+        masks = mf['masks']
+        # Official code (bug): RGB keeps Z_R * (1 - M_N) instead of Z_R * (1 - M_R).
+        rgb_remain = masks['ni'] if self.bug_rgb_uses_ni_mask else masks['rgb']
+        grid = {
+            'rgb': modules.flare_aware_enhancement(grid['rgb'], grid['ti'], masks['rgb'],
+                                                   rgb_remain, gate_rgb),
+            'ni': modules.flare_aware_enhancement(grid['ni'], grid['ti'], masks['ni'],
+                                                  masks['ni'], gate_ni),
+            'ti': grid['ti'],
+        }
+
+    features, bn_features, logits = {}, {}, {}
+    for s in STREAMS:
+      seq = jnp.concatenate([cls[s], grid[s].reshape(b, gh * gw, self.embed_dim)], axis=1)
+      features[s] = vit.TokenHead(self.num_heads, self.mlp_ratio, head_rate, self.dtype,
+                                  name=f'vit_head_{s}')(seq, train)
+      bn_features[s], logits[s] = BNNeckHead(self.num_classes, self.dtype,
+                                             name=f'head_{s}')(features[s], train)
+    chosen = features if self.neck_feat == 'before' else bn_features
+    outputs.update(
+        features=features,
+        bn_features=bn_features,
+        logits=logits,
+        embedding=l2_normalize(jnp.concatenate([chosen[s] for s in STREAMS], axis=-1)),
+    )
+    return outputs
+
+
+def _build_vit_model(model_config: ml_collections.ConfigDict, num_classes: int) -> FACENetViT:
+  """`FACENetViT` from `config.model` after checking the ViT and cross-attention fields."""
+  for field in ('vit_patch_size', 'vit_embed_dim', 'vit_depth', 'vit_num_heads',
+                'cross_attention_heads', 'cross_attention_dim_head'):
+    value = model_config[field]
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'config.model.{field}={value!r} must be a positive integer.')
+  if model_config.vit_depth < 2:
+    raise ValueError(f'config.model.vit_depth={model_config.vit_depth!r} must be >= 2: the '
+                     'streams run blocks 0..depth-2 and the heads copy the last block.')
+  if model_config.vit_embed_dim % model_config.vit_num_heads:
+    raise ValueError(f'config.model.vit_embed_dim={model_config.vit_embed_dim} must be a '
+                     f'multiple of config.model.vit_num_heads={model_config.vit_num_heads}.')
+  if model_config.cross_attention_split not in cross_attention.SPLITS:
+    raise ValueError(f'config.model.cross_attention_split={model_config.cross_attention_split!r}'
+                     f' must be one of {cross_attention.SPLITS}')
+  for field in ('vit_drop_path', 'cross_attention_dropout'):
+    if not 0.0 <= model_config[field] < 1.0:
+      raise ValueError(f'config.model.{field}={model_config[field]!r} must be in [0, 1).')
+  return FACENetViT(
+      num_classes=num_classes,
+      dtype=DTYPES[model_config.dtype],
+      mfmp=model_config.mfmp,
+      fmi=model_config.fmi,
+      fce=model_config.fce,
+      mask_estimator=model_config.mask_estimator,
+      mask_temperature=model_config.mask_temperature,
+      flare_head_input=model_config.flare_head_input,
+      test_time_fce=model_config.test_time_fce,
+      neck_feat=model_config.neck_feat,
+      bug_rgb_uses_ni_mask=model_config.bug_rgb_uses_ni_mask,
+      bug_batch_level_gating=model_config.bug_batch_level_gating,
+      bug_dead_threshold=model_config.bug_dead_threshold,
+      patch_size=model_config.vit_patch_size,
+      embed_dim=model_config.vit_embed_dim,
+      depth=model_config.vit_depth,
+      num_heads=model_config.vit_num_heads,
+      mlp_ratio=model_config.vit_mlp_ratio,
+      drop_path=model_config.vit_drop_path,
+      cross_attention_heads=model_config.cross_attention_heads,
+      cross_attention_dim_head=model_config.cross_attention_dim_head,
+      cross_attention_split=model_config.cross_attention_split,
+      cross_attention_dropout=model_config.cross_attention_dropout,
+  )
+
+
+def build_model(model_config: ml_collections.ConfigDict,
+                num_classes: int) -> FACENet | FACENetViT:
+  """FACENet from `config.model` (fields of configs/default.py) and the number of train ids.
+
+  `model.backbone='resnet'` gives the paper's model (`FACENet`), 'vit_b16' the official code's
+  (`FACENetViT`); both share the heads, switches, outputs and drivers.
+  """
   if model_config.backbone not in BACKBONES:
     raise ValueError(f'config.model.backbone={model_config.backbone!r} must be one of {BACKBONES}')
   resnet.check_depth(model_config.depth)
@@ -195,6 +347,8 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> FA
                      '> 0.')
   if num_classes < 1:
     raise ValueError(f'num_classes={num_classes!r} must be >= 1')
+  if model_config.backbone == 'vit_b16':
+    return _build_vit_model(model_config, num_classes)
   return FACENet(
       num_classes=num_classes,
       depth=model_config.depth,
