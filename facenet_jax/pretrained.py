@@ -361,7 +361,7 @@ def convert_jax_vit(arrays: Mapping[str, np.ndarray], source: str = 'npz') -> di
     wanted[f'{attn}out/bias'] = ((block, 'attn', 'proj', 'bias'), same)
   taken = _take(arrays, wanted, source, lambda k: k.startswith(('head/', 'pre_logits/')))
   for path, value in taken.items():
-    if path[1] == 'attn' and path[2] in ('query', 'key', 'value'):
+    if path[1:3] in (('attn', 'query'), ('attn', 'key'), ('attn', 'value')):
       continue
     flat[path] = value
   for i in range(depth):
