@@ -1,12 +1,15 @@
 r"""The official code's recipe for msvr310: SGD 0.001, cosine with 100 warmup epochs, 1000 epochs.
 
     python scripts/train.py --config configs/official_msvr310.py --workdir runs/official_msvr310 \
-        --config.data.root=/data/... --config.model.pretrained_path=weights/resnet50.npz
+        --config.data.root=/data/... --config.model.pretrained_path=weights/jx_vit_base_p16_224-80ecf9dd.pth
 
 Soft-margin triplet, 0.8 x RGB/NI flare-head KL instead of the pseudo-label BCE, the MC loss with
-its extra TI-NI term, the official flare pseudo-label and per-modality augmentation. The backbone
-stays the paper's ResNet here; the code's ViT-B/16 is `--config.model.backbone=vit_b16`.
-The code's bugs stay off (see configs/_official.py).
+its extra TI-NI term, the official flare pseudo-label and per-modality augmentation. The model is
+the code's: three ViT-B/16 streams (ImageNet `jx_vit_base_p16_224`, timm .pth or the original
+JAX .npz), token cross-attention MFMP with its windowed head split, flare heads reading the
+cross-attended tokens; `--config.model.backbone=resnet` gives the paper's ResNet with this recipe.
+The code's bugs stay off (see configs/_official.py); the mask threshold learns
+(`model.bug_dead_threshold=True` freezes it at 0 as the code does).
 """
 
 from configs import _official
@@ -15,4 +18,6 @@ from configs import msvr310
 
 def get_config():
   config = msvr310.get_config()
+  config.model.backbone = 'vit_b16'              # the code's model (input size from msvr310.py)
+  config.model.flare_head_input = 'mask_logits'  # label heads read [CLS; Z_hat] as in the code
   return _official.apply_official_recipe(config, base_lr=0.001, num_epochs=1000, warmup_epochs=100)

@@ -112,10 +112,38 @@ def mfmp_flops(height: int, width: int, channels: int, fmi: bool, hidden_ratio: 
   return total
 
 
+def vit_block_flops(tokens: int, dim: int, mlp_ratio: float) -> int:
+  """One ViT block on `[tokens, dim]`: qkv, q k^T, attention x v, proj, and the two MLP layers."""
+  hidden = int(dim * mlp_ratio)
+  return (3 * dense_flops(dim, dim) * tokens + 2 * 2 * tokens * tokens * dim
+          + dense_flops(dim, dim) * tokens + 2 * dense_flops(dim, hidden) * tokens)
+
+
+def vit_facenet_forward_flops(model_config: Any, num_classes: int,
+                              image_size: tuple[int, int]) -> dict[str, int]:
+  """`facenet_forward_flops` for `model.backbone='vit_b16'` (`facenet.FACENetViT`)."""
+  p, d = model_config.vit_patch_size, model_config.vit_embed_dim
+  n = (image_size[0] // p) * (image_size[1] // p)
+  block = vit_block_flops(1 + n, d, model_config.vit_mlp_ratio)
+  stream = dense_flops(p * p * 3, d) * n + (model_config.vit_depth - 1) * block
+  out = {'backbones': 3 * stream, 'mfmp': 0}
+  if model_config.mfmp:
+    out['mfmp'] = 2 * (block + dense_flops(d, 2))               # flare heads (block copies)
+    if model_config.fmi:
+      inner = model_config.cross_attention_heads * model_config.cross_attention_dim_head
+      out['mfmp'] += 2 * (3 * dense_flops(d, inner) * n + 2 * 2 * n * n * inner
+                          + dense_flops(inner, d) * n)         # two cross-attention directions
+  out['heads'] = 3 * (block + dense_flops(d, num_classes))
+  out['total'] = out['backbones'] + out['mfmp'] + out['heads']
+  return out
+
+
 def facenet_forward_flops(model_config: Any, num_classes: int,
                           image_size: tuple[int, int]) -> dict[str, int]:
   """Per-image forward FLOPs of FACENet from `config.model`: {'backbones', 'mfmp', 'heads',
   'total'} (three streams; MFMP when `model.mfmp`)."""
+  if model_config.backbone == 'vit_b16':
+    return vit_facenet_forward_flops(model_config, num_classes, image_size)
   h, w = image_size
   backbone = resnet_flops(model_config.depth, h, w, model_config.last_stride)
   out = {'backbones': 3 * backbone['total'], 'mfmp': 0}

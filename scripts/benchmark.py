@@ -22,7 +22,9 @@ with the peak resident memory.
 optimiser; state donated) on device-resident synthetic batches: compile time, median step time,
 triplets/s, images/s, MFU from the analytic FLOP count (`facenet_jax.flops`, also printed next to
 XLA's own count), peak memory; `--vs torch` times the PyTorch mirror
-(`benchmarks/torch_facenet.py`) on the same shapes in the same process.
+(`benchmarks/torch_facenet.py`) on the same shapes in the same process. The official code's
+ViT-B/16 model: `train --config configs/official_wmveid863.py` (backbone 'vit_b16'; `--vs torch`
+mirrors only the ResNet model).
 
 Each subcommand is an `add_<name>_parser(subparsers)` / `run_<name>(args)` pair registered in
 SUBCOMMANDS, so others are added without touching the existing ones.
@@ -241,6 +243,14 @@ def _peak_memory(device) -> tuple[str, int]:
   return 'process max RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _model_name(model_config) -> str:
+  if model_config.backbone == 'vit_b16':
+    return (f'ViT (D {model_config.vit_embed_dim}, depth {model_config.vit_depth}, patch '
+            f'{model_config.vit_patch_size}; cross-attention {model_config.cross_attention_heads}'
+            f' x {model_config.cross_attention_dim_head})')
+  return f'ResNet{model_config.depth}'
+
+
 def synthetic_train_batch(num_ids: int, num_instances: int, image_size: tuple[int, int],
                           num_classes: int, seed: int) -> dict:
   """A random P x K batch in NumPy: images N(0, 1) `[B, H, W, 3]`, K rows per each of P distinct
@@ -281,7 +291,7 @@ def run_train(args) -> None:
   mesh = sharding.create_mesh()
   sharding.check_batch_divisible(batch_size, mesh, '--batch P,K')
   print(f'device: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), '
-        f'jax {jax.__version__}; model ResNet{config.model.depth} x3, {config.model.dtype}, '
+        f'jax {jax.__version__}; model {_model_name(config.model)} x3, {config.model.dtype}, '
         f'{image_size[0]}x{image_size[1]}, batch {batch_size} (P={p} x K={k}), '
         f'{args.num_classes} classes', flush=True)
 
