@@ -377,6 +377,12 @@ def convert_jax_vit(arrays: Mapping[str, np.ndarray], source: str = 'npz') -> di
 def load_pretrained_vit(path: str) -> dict[str, Any]:
   """`{'params': full ViT tree}` (float32 numpy) from a timm-layout or original JAX-layout file."""
   arrays = read_weights(path)
+  if _is_flax_layout(arrays):  # written by `save_backbone` (e.g. scripts/convert_weights.py)
+    flat = {tuple(k.split('/')): np.asarray(v, np.float32) for k, v in arrays.items()}
+    tree = flax.traverse_util.unflatten_dict(flat)
+    if set(tree) != {'params'} or 'pos_embed' not in tree['params']:
+      raise ValueError(f'{path} holds converted weights that are not a ViT (no params/pos_embed)')
+    return {'params': tree['params']}
   if any(k.startswith(_VIT_JAX_PREFIX) for k in arrays):
     return {'params': convert_jax_vit(arrays, source=path)}
   return {'params': convert_timm_vit(arrays, source=path)}

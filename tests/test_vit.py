@@ -324,6 +324,32 @@ def test_vit_weight_errors_name_the_file_and_keys(tmp_path):
     pretrained.load_pretrained_backbone(str(path), 50, backbone='swin')
 
 
+def _full_vit_from(params, grid=3):
+  """A 'pretrained' full-ViT tree (streams' blocks + head block + norm) for the tiny model."""
+  stream = params['backbone_rgb']
+  tree = {k: v for k, v in stream.items() if k != 'pos_embed'}
+  tree['pos_embed'] = np.ones((1, 1 + grid * grid, D), np.float32)
+  tree['block_2'] = params['vit_head_rgb']['block']
+  tree['norm'] = params['vit_head_rgb']['norm']
+  return {'params': tree}
+
+
+def test_stream_initialisation_errors_name_the_fields():
+  shapes, _ = _trace(facenet.build_model(_config(), NUM_CLASSES), batch=2)
+  variables = _random_variables(shapes)
+  full = _full_vit_from(variables['params'])
+  new = pretrained.init_streams_from_pretrained(variables, full, (H, W))
+  np.testing.assert_array_equal(new['params']['backbone_ti']['pos_embed'], 1.0)  # resized ones
+  with pytest.raises(ValueError, match='config.data.image_size'):
+    pretrained.init_streams_from_pretrained(variables, full)
+  shallow = {'params': {k: v for k, v in full['params'].items() if k != 'block_1'}}
+  with pytest.raises(ValueError, match='config.model.vit_depth=3'):
+    pretrained.init_streams_from_pretrained(variables, shallow, (H, W))
+  wide = jax.tree.map(lambda a: np.ones(a.shape[:-1] + (a.shape[-1] * 2,), np.float32), full)
+  with pytest.raises(ValueError, match='pretrained ViT vs FACENet rgb stream'):
+    pretrained.init_streams_from_pretrained(variables, wide, (H, W))
+
+
 # ---------------------------------------------------------- parity with PyTorch (timm layout)
 
 TORCH_DEPTH, TORCH_GRID = 3, 3  # a tiny "pretrained" ViT at 24 x 24 (3 x 3 patches of 8)
@@ -490,9 +516,11 @@ def test_converted_timm_and_jax_vit_weights_give_the_torch_tokens(tmp_path):
   model = facenet.build_model(config, NUM_CLASSES)
   shapes, _ = _trace(model, batch=2)
   variables = _random_variables(shapes, seed=5)
-  from_pth = pretrained.init_streams_from_pretrained(
-      variables, pretrained.load_pretrained_backbone(str(tmp_path / 'vit.pth'), 50, 'vit_b16'),
-      (H, W))
+  loaded = pretrained.load_pretrained_backbone(str(tmp_path / 'vit.pth'), 50, 'vit_b16')
+  from_pth = pretrained.init_streams_from_pretrained(variables, loaded, (H, W))
+  pretrained.save_backbone(loaded, str(tmp_path / 'converted.npz'))  # torch-free round trip
+  jax.tree.map(np.testing.assert_array_equal, loaded,
+               pretrained.load_pretrained_backbone(str(tmp_path / 'converted.npz'), 50, 'vit_b16'))
   from_npz = pretrained.init_streams_from_pretrained(
       variables, pretrained.load_pretrained_backbone(str(tmp_path / 'vit_jax.npz'), 50,
                                                      'vit_b16'), (H, W))

@@ -1,4 +1,4 @@
-"""MFMP of the official code: token cross-attention, flare masks and flare heads (reference Sec. 1.2).
+"""MFMP of the official code: token cross-attention, flare masks, flare heads (reference Sec. 1.2).
 
 On the patch tokens Z_R, Z_N `[B, n, D]` of the ViT streams (the CLS tokens are split off before
 and re-attached after), two cross-attention modules give
@@ -123,7 +123,7 @@ MutualCrossAttention = nn.vmap(
 
 
 class FlareTokenHead(nn.Module):
-  """Flare classifier: TokenHead on `[B, 1 + n, D]` -> BN (no bias) -> Linear(D, 2). `[B, 2]` f32."""
+  """Flare classifier: TokenHead on `[B, 1 + n, D]` -> BN (no bias) -> Linear(D, 2) -> `[B, 2]`."""
   num_heads: int
   mlp_ratio: float = 4.0
   drop_path: float = 0.0

@@ -101,7 +101,7 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x + DP(attn(LN(x))), then x + DP(mlp(LN(x))). `[B,N,D]->[B,N,D]`."""
+  """Pre-norm block: x + DP(attn(LN(x))), then x + DP(mlp(LN(x))). `[B, N, D] -> [B, N, D]`."""
   num_heads: int
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
