@@ -290,7 +290,7 @@ def benchmark_torch(model_config: Any, num_classes: int, batch: dict[str, np.nda
   t = time.perf_counter()
   for _ in range(2):  # warm-up (and compilation with --torch_compile)
     loss = step()
-  float(loss)
+  loss.detach().item()
   sync()
   warmup = time.perf_counter() - t
   times = []

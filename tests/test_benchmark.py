@@ -1,0 +1,158 @@
+"""Analytic FLOP count (facenet_jax/flops.py) and a smoke run of `scripts/benchmark.py train`."""
+
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import default
+from facenet_jax import flops
+from facenet_jax.models import facenet
+from facenet_jax.models import resnet
+
+TINY = (32, 16)
+
+
+def _hand_conv(h_out, w_out, k, c_in, c_out):
+  return 2 * h_out * w_out * k * k * c_in * c_out
+
+
+def test_conv_flops_counts_output_positions_times_window():
+  # 5x3 input, 3x3 kernel, stride 2, pad 1 -> 3x2 outputs, each 9 * 4 MACs per output channel.
+  f, h, w = flops.conv_flops(5, 3, 4, 6, 3, stride=2)
+  assert (h, w) == (3, 2)
+  assert f == 2 * 3 * 2 * 9 * 4 * 6
+  assert flops.dense_flops(7, 5) == 70
+
+
+def test_resnet18_count_matches_a_hand_count():
+  # ResNet-18 on 32x16 (last_stride 1); shapes worked out by hand from the torchvision layout:
+  # stem 7x7/2 -> 16x8, max-pool -> 8x4, layer2 -> 4x2, layer3 -> 2x1, layer4 stays 2x1.
+  layers = [(16, 8, 7, 3, 64)]                                   # stem conv
+  layers += [(8, 4, 3, 64, 64)] * 4                              # layer1: 2 blocks x 2 convs
+  layers += [(4, 2, 3, 64, 128), (4, 2, 3, 128, 128), (4, 2, 1, 64, 128)]
+  layers += [(4, 2, 3, 128, 128)] * 2                            # layer2
+  layers += [(2, 1, 3, 128, 256), (2, 1, 3, 256, 256), (2, 1, 1, 128, 256)]
+  layers += [(2, 1, 3, 256, 256)] * 2                            # layer3
+  layers += [(2, 1, 3, 256, 512), (2, 1, 3, 512, 512), (2, 1, 1, 256, 512)]
+  layers += [(2, 1, 3, 512, 512)] * 2                            # layer4
+  expected = sum(_hand_conv(*layer) for layer in layers)
+  got = flops.resnet_flops(18, *TINY)
+  assert got['total'] == expected
+  assert got['shapes'][4] == (2, 1, 512)
+
+
+def test_facenet_count_adds_mfmp_and_heads_by_hand():
+  cfg = default.get_config().model
+  cfg.depth = 18
+  num_classes = 10
+  got = flops.facenet_forward_flops(cfg, num_classes, TINY)
+  h, w, c, hid, att = 2, 1, 512, 128, 32                          # layer4 map; 0.25 C; C / 16
+  stack = (_hand_conv(h, w, 3, 2 * c, hid) + _hand_conv(h, w, 1, hid, hid) +
+           _hand_conv(h, w, 3, hid, hid) + _hand_conv(h, w, 3, hid, c))
+  se = 2 * c * att * 2
+  per_modality = 2 * _hand_conv(h, w, 1, c, c) + 2 * c * 2
+  assert got['mfmp'] == stack + se + 2 * per_modality
+  assert got['heads'] == 3 * 2 * c * num_classes
+  assert got['backbones'] == 3 * flops.resnet_flops(18, *TINY)['total']
+  assert got['total'] == got['backbones'] + got['mfmp'] + got['heads']
+  assert flops.train_step_flops(cfg, num_classes, TINY, 8) == 3 * 8 * got['total']
+  cfg.mfmp = cfg.fce = False
+  assert flops.facenet_forward_flops(cfg, num_classes, TINY)['mfmp'] == 0
+
+
+def _xla_forward_flops(fn, *args):
+  return flops.xla_flops(jax.jit(fn).lower(*args).compile())
+
+
+def test_resnet_count_agrees_with_xla_cost_analysis():
+  # XLA counts only the multiply-adds inside the image (not on the zero padding) and adds the
+  # elementwise ops, so the two agree to a few percent, not exactly.
+  model = resnet.ResNet(18)
+  x = jax.ShapeDtypeStruct((2, *TINY, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)  # shapes only: no init run
+  xla = _xla_forward_flops(lambda v, x: model.apply(v, x), variables, x)
+  if xla is None:
+    pytest.skip('this backend reports no cost analysis')
+  analytic = 2 * flops.resnet_flops(18, *TINY)['total']
+  assert 0.9 < xla / analytic < 1.1, (xla, analytic)
+
+
+def test_facenet_count_agrees_with_xla_cost_analysis():
+  cfg = default.get_config().model
+  cfg.depth = 18
+  model = facenet.build_model(cfg, 10)
+  variables = jax.eval_shape(lambda: facenet.init_variables(model, jax.random.PRNGKey(0), TINY))
+  x = jax.ShapeDtypeStruct((2, *TINY, 3), jnp.float32)
+  flare = jnp.zeros((2, 2), jnp.int32)
+  xla = _xla_forward_flops(lambda v, x: model.apply(v, x, x, x, flare), variables, x)
+  if xla is None:
+    pytest.skip('this backend reports no cost analysis')
+  analytic = 2 * flops.facenet_forward_flops(cfg, 10, TINY)['total']
+  assert 0.9 < xla / analytic < 1.1, (xla, analytic)
+
+
+# ------------------------------------------------------------------------------ smoke runs
+
+SMOKE_ARGS = ['train', '--config', 'configs/wmveid863.py', '--depth', '18', '--image_size',
+              '32,16', '--batch', '4,2', '--steps', '2', '--num_classes', '10']
+FIELDS = ('compile:', 'step time (median of 2):', 'triplets/s', 'images/s',
+          'model FLOPs/step: analytic', 'XLA cost_analysis', 'MFU:', 'memory:')
+
+
+def _run_benchmark(repo_root, *extra):
+  env = dict(os.environ)
+  env['JAX_PLATFORMS'] = 'cpu'
+  # One CPU device: the simulated multi-device flag of conftest only slows the step down.
+  env['XLA_FLAGS'] = re.sub(r'--xla_force_host_platform_device_count=\d+', '',
+                            env.get('XLA_FLAGS', '')).strip()
+  proc = subprocess.run(
+      [sys.executable, str(repo_root / 'scripts' / 'benchmark.py'), *SMOKE_ARGS, *extra],
+      cwd=repo_root, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  return proc.stdout
+
+
+def _check_jax_fields(out):
+  for field in FIELDS:
+    assert field in out, (field, out)
+  assert 'ResNet18 x3' in out and 'batch 8 (P=4 x K=2)' in out
+  rate = float(re.search(r'([\d.]+) triplets/s, ([\d.]+) images/s', out).group(1))
+  images = float(re.search(r'([\d.]+) images/s', out).group(1))
+  assert rate > 0 and images == pytest.approx(3 * rate, rel=0.01)
+  analytic = float(re.search(r'analytic ([\d.]+) GFLOP', out).group(1))
+  cfg = default.get_config().model
+  cfg.depth = 18
+  assert analytic == pytest.approx(flops.train_step_flops(cfg, 10, TINY, 8) / 1e9, abs=0.06)
+
+
+@pytest.mark.slow
+def test_train_benchmark_smoke(repo_root):
+  out = _run_benchmark(repo_root, '--config.data.seed=5')
+  _check_jax_fields(out)
+  assert 'JAX/torch' not in out
+
+
+def test_train_benchmark_rejects_unknown_override(repo_root):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [sys.executable, str(repo_root / 'scripts' / 'benchmark.py'), *SMOKE_ARGS,
+       '--config.model.no_such_field=1'],
+      cwd=repo_root, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode != 0
+  assert 'model.no_such_field' in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+def test_train_benchmark_vs_torch(repo_root):
+  pytest.importorskip('torch')
+  out = _run_benchmark(repo_root, '--vs', 'torch')
+  _check_jax_fields(out)
+  params = re.search(r'params ([\d,]+) \(JAX ([\d,]+)\)', out)
+  assert params and params.group(1) == params.group(2), out
+  assert re.search(r'JAX/torch throughput: [\d.]+x', out)
