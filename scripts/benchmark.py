@@ -309,8 +309,8 @@ def run_train(args) -> None:
                   for seed in range(2)]
   batches = [sharding.shard_batch(b, mesh) for b in host_batches]
   jax.block_until_ready((state, batches))
-  print(f'init: {time.perf_counter() - t:.1f} s; params '
-        f'{facenet.parameter_counts(model, image_size)["total"]:,} (JAX)', flush=True)
+  num_params = facenet.parameter_counts(model, image_size)['total']
+  print(f'init: {time.perf_counter() - t:.1f} s; params {num_params:,} (JAX)', flush=True)
 
   step = train_lib.jit_train_step(train_lib.make_train_step(model, tx, config, lr_fn), mesh)
   t = time.perf_counter()
@@ -356,7 +356,7 @@ def run_train(args) -> None:
         margin=config.loss.triplet_margin, compile_model=args.torch_compile)
     torch_tps = batch_size / res['median_s']
     print(f'torch: device {res["device"]}, {res["threads"]} threads, params {res["params"]:,} '
-          f'(JAX {facenet.parameter_counts(model, image_size)["total"]:,}); warm-up '
+          f'(JAX {num_params:,}); warm-up '
           f'{res["warmup_s"]:.1f} s; step time (median of {args.steps}): '
           f'{res["median_s"] * 1e3:.1f} ms; {torch_tps:.2f} triplets/s; loss {res["loss"]:.4f}')
     print(f'JAX/torch throughput: {res["median_s"] / median:.2f}x', flush=True)
