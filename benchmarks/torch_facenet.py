@@ -299,6 +299,7 @@ def benchmark_torch(model_config: Any, num_classes: int, batch: dict[str, np.nda
     loss = step()
     sync()
     times.append(time.perf_counter() - t)
+  loss = loss.detach()
   if not np.isfinite(float(loss)):
     raise FloatingPointError(f'torch loss is not finite: {float(loss)}')
   result = {'step_times': times, 'median_s': float(np.median(times)), 'warmup_s': warmup,
