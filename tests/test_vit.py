@@ -589,6 +589,13 @@ def test_two_training_steps_end_to_end_on_synthetic_data(tiny_synthetic_root, tm
                       vit_patch_size=8, cross_attention_heads=2, cross_attention_dim_head=8)
   config.data.num_val_ids = 0
   config.train.max_steps = 2
+  # Start from "pretrained" ViT weights: checks the driver's loading path (image size, backbone).
+  shapes, _ = _trace(facenet.build_model(config.model, NUM_CLASSES), batch=2)
+  full = _random_variables(shapes, seed=7)['params']
+  full = {**full['backbone_rgb'], 'pos_embed': np.zeros((1, 1 + 9, D), np.float32),
+          'block_1': full['vit_head_rgb']['block'], 'norm': full['vit_head_rgb']['norm']}
+  pretrained.save_backbone({'params': full}, str(tmp_path / 'vit.npz'))
+  config.model.pretrained_path = str(tmp_path / 'vit.npz')
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert 0.0 <= result['test/mAP'] <= 1.0
   lines = (tmp_path / 'run' / 'metrics.jsonl').read_text().strip().splitlines()
