@@ -34,9 +34,14 @@ def main(argv):
   if _DEPTH.value is not None:
     config.model.depth = _DEPTH.value
   m = config.model
-  print(f'FACENet: ResNet-{m.depth} x3, last_stride={m.last_stride}, mfmp={m.mfmp}, fmi={m.fmi}, '
-        f'fce={m.fce}, plugin_layer={m.plugin_layer}, num_classes={_NUM_CLASSES.value}, '
-        f'input {tuple(config.data.image_size)}')
+  if m.backbone == 'vit_b16':
+    streams = (f'ViT (D {m.vit_embed_dim}, depth {m.vit_depth}, {m.vit_num_heads} heads, patch '
+               f'{m.vit_patch_size}) x3, cross-attention {m.cross_attention_heads} x '
+               f'{m.cross_attention_dim_head} ({m.cross_attention_split} split)')
+  else:
+    streams = f'ResNet-{m.depth} x3, last_stride={m.last_stride}, plugin_layer={m.plugin_layer}'
+  print(f'FACENet: {streams}, mfmp={m.mfmp}, fmi={m.fmi}, fce={m.fce}, '
+        f'num_classes={_NUM_CLASSES.value}, input {tuple(config.data.image_size)}')
   model = facenet.build_model(m, _NUM_CLASSES.value)
   counts = facenet.parameter_counts(model, tuple(config.data.image_size))
   for name, count in counts.items():
