@@ -4,6 +4,9 @@ A tiny ViT (D 32, depth 3, 2 heads, patch 8 at 32 x 16, a 4 x 2 token grid) keep
 cheap; the full ViT-B/16 sizes are checked through shapes only (`jax.eval_shape`).
 """
 
+import importlib.util
+import pathlib
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -521,6 +524,16 @@ def test_converted_timm_and_jax_vit_weights_give_the_torch_tokens(tmp_path):
   pretrained.save_backbone(loaded, str(tmp_path / 'converted.npz'))  # torch-free round trip
   jax.tree.map(np.testing.assert_array_equal, loaded,
                pretrained.load_pretrained_backbone(str(tmp_path / 'converted.npz'), 50, 'vit_b16'))
+  # scripts/convert_weights.py turns the JAX-layout file into the torch-free Flax-layout .npz.
+  spec = importlib.util.spec_from_file_location(
+      'convert_weights', pathlib.Path(__file__).resolve().parent.parent / 'scripts' /
+      'convert_weights.py')
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  assert script.main([str(tmp_path / 'vit_jax.npz'), str(tmp_path / 'flax.npz'),
+                      '--backbone', 'vit_b16']) == 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), loaded,
+               pretrained.load_pretrained_backbone(str(tmp_path / 'flax.npz'), 50, 'vit_b16'))
   from_npz = pretrained.init_streams_from_pretrained(
       variables, pretrained.load_pretrained_backbone(str(tmp_path / 'vit_jax.npz'), 50,
                                                      'vit_b16'), (H, W))
