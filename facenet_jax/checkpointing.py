@@ -105,10 +105,12 @@ class Checkpointer:
     saved = manager.item_metadata(step)['state']
     saved_shapes = {k: tuple(v.shape) for k, v in _flat_metadata(saved).items()}
     expected = _flat_shapes(target)
-    missing = sorted(set(expected) - set(saved_shapes))
-    unexpected = sorted(set(saved_shapes) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(saved_shapes)
-                        if expected[k] != saved_shapes[k])
+    # Parameters first: they say what differs; optimiser slots only repeat it.
+    order = lambda k: (not k.startswith('params/'), k)
+    missing = sorted(set(expected) - set(saved_shapes), key=order)
+    unexpected = sorted(set(saved_shapes) - set(expected), key=order)
+    mismatched = sorted((k for k in set(expected) & set(saved_shapes)
+                         if expected[k] != saved_shapes[k]), key=order)
     if missing or unexpected or mismatched:
       lines = [f'Checkpoint {manager.directory}/{step} does not match the configured model '
                '(was it written with another config.model or dataset?).']
@@ -116,6 +118,9 @@ class Checkpointer:
                 for k in mismatched[:20]]
       lines += [f'  missing in checkpoint: {k}' for k in missing[:20]]
       lines += [f'  not in the model: {k}' for k in unexpected[:20]]
+      total = len(missing) + len(unexpected) + len(mismatched)
+      if total > 60:
+        lines.append(f'  ... {total} differences in all')
       raise CheckpointError('\n'.join(lines))
 
   def close(self) -> None:

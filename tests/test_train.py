@@ -1,7 +1,12 @@
 """The jitted, data-parallel train step and the training driver, end to end on tiny data."""
 
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +21,8 @@ from facenet_jax import train
 from facenet_jax.train_state import create_train_state
 from input_pipeline import pipeline
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
 
 def tiny_config(root: str):
   """The synthetic config shrunk to test size: ResNet-18 streams at 32x16, batches of 4 x 2."""
@@ -28,6 +35,7 @@ def tiny_config(root: str):
   config.data.eval_batch_size = 8
   config.data.num_val_ids = 2
   config.model.depth = 18
+  config.optim.base_lr = 3.5e-4        # the paper's; 1e-3 oscillates on batches of 8
   config.train.num_epochs = 2
   config.train.log_every_steps = 1
   config.train.checkpoint_every_steps = 2
@@ -44,7 +52,7 @@ def setup(tiny_synthetic_root):
   # NumPy copies: the jitted step donates its input state, which must not consume these.
   host_state = jax.device_get(create_train_state(variables, exp.tx, jax.random.PRNGKey(1)))
   stream = pipeline.make_train_stream(exp.train_records, config.data)
-  batches = [{k: b[k] for k in train.TRAIN_KEYS} for b, _ in zip(stream, range(12))]
+  batches = [{k: b[k] for k in train.TRAIN_KEYS} for b, _ in zip(stream, range(8))]
   return config, exp, host_state, batches
 
 
@@ -88,16 +96,17 @@ def jitted(setup):
 
 
 def test_step_compiles_once_and_the_loss_goes_down(setup, jitted):
+  """Six steps alternating over two batches: one compilation, and both batches fit better."""
   config, exp, host_state, batches = setup
   state = sharding.replicate(host_state, exp.mesh)
   losses = []
-  for batch in batches:
-    state, metrics = jitted(state, sharding.shard_batch(batch, exp.mesh))
+  for i in range(6):
+    state, metrics = jitted(state, sharding.shard_batch(batches[i % 2], exp.mesh))
     losses.append(float(metrics['loss']))
   assert jitted._cache_size() == 1  # pylint: disable=protected-access
-  assert int(state.step) == len(batches)
+  assert int(state.step) == 6
   assert all(np.isfinite(losses))
-  assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+  assert losses[4] < losses[0] and losses[5] < losses[1], losses
 
 
 def test_a_non_finite_step_is_reported_and_leaves_the_state_unchanged(setup, jitted):
@@ -139,62 +148,120 @@ def test_a_bfloat16_step_runs_on_cpu_and_stays_finite(setup):
       train.init_variables(exp.model, config, jax.random.PRNGKey(0)), exp.tx,
       jax.random.PRNGKey(1)))
   assert jax.tree.leaves(host_state.params)[0].dtype == np.float32
-  new_state, metrics = _step_on_mesh(exp, config, host_state, batches[0], 2)
+  new_state, metrics = _step_on_mesh(exp, config, host_state, batches[0], 1)
   assert metrics['finite'] == 1.0 and np.isfinite(metrics['loss'])
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new_state.params))
 
 
-def _train_losses(workdir: pathlib.Path) -> dict[int, float]:
-  lines = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  return {l['step']: l['train/loss'] for l in lines if 'train/loss' in l}
+def _tiny_overrides(root: str, workdir: pathlib.Path, max_steps: int) -> list[str]:
+  """`scripts/train.py` flags that give `tiny_config(root)` with `max_steps`."""
+  return ['--config', 'configs/synthetic.py', '--workdir', str(workdir),
+          f'--config.data.root={root}', '--config.data.image_size=(32, 16)',
+          '--config.data.pad_pixels=2', '--config.data.num_ids_per_batch=4',
+          '--config.data.num_instances=2', '--config.data.eval_batch_size=8',
+          '--config.data.num_val_ids=2', '--config.model.depth=18', '--config.optim.base_lr=3.5e-4',
+          '--config.train.num_epochs=2',
+          '--config.train.log_every_steps=1', '--config.train.checkpoint_every_steps=2',
+          '--config.train.eval_every_epochs=100', f'--config.train.max_steps={max_steps}']
 
 
-def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_synthetic_root, tmp_path):
+def _single_device_env() -> dict[str, str]:
+  """The test environment with one CPU device (it runs the tiny model much faster than four)."""
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
+                              if 'xla_force_host_platform_device_count' not in f)
+  return env
+
+
+def _train_script(root: str, workdir: pathlib.Path, max_steps: int) -> subprocess.Popen:
+  return subprocess.Popen(
+      [sys.executable, 'scripts/train.py', *_tiny_overrides(root, workdir, max_steps)],
+      cwd=REPO_ROOT, env=_single_device_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      text=True)
+
+
+def _finish(process: subprocess.Popen) -> None:
+  try:
+    _, stderr = process.communicate(timeout=600)
+  finally:
+    process.kill()
+  assert process.returncode == 0, stderr[-3000:]
+
+
+@pytest.fixture(scope='module')
+def runs(tiny_synthetic_root, tmp_path_factory):
+  """`scripts/train.py` run straight for 6 steps, and the same run SIGKILLed and restarted."""
+  root = tmp_path_factory.mktemp('runs')
+  _finish(_train_script(tiny_synthetic_root, root / 'straight', 6))
+  killed = _train_script(tiny_synthetic_root, root / 'killed', 6)
+  deadline = time.time() + 600
+  while not (root / 'killed' / 'checkpoints' / '2').is_dir() and killed.poll() is None:
+    assert time.time() < deadline, 'no checkpoint appeared'
+    time.sleep(0.05)
+  killed.send_signal(signal.SIGKILL)   # whatever it is doing: stepping, saving, logging
+  killed.communicate(timeout=60)
+  _finish(_train_script(tiny_synthetic_root, root / 'killed', 6))
   config = tiny_config(tiny_synthetic_root)
-  config.train.max_steps = 5
-  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  config.train.max_steps = 6
+  return config, root
 
-  config.train.max_steps = 3
-  train.train_and_evaluate(config, str(tmp_path / 'resumed'))
-  config.train.max_steps = 5
-  result = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
 
-  straight = _train_losses(tmp_path / 'straight')
-  resumed = _train_losses(tmp_path / 'resumed')
-  assert sorted(resumed) == [1, 2, 3, 4, 5]
-  for step in (4, 5):
-    np.testing.assert_allclose(resumed[step], straight[step], rtol=1e-5)
-  assert {'val/mAP', 'test/mAP', 'test/R1'} <= set(result)
+def _metric_lines(workdir: pathlib.Path) -> list[dict]:
+  return [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
 
-  # The run's checkpoints evaluate from disk: best-by-validation and a given step.
-  out = report.evaluate_checkpoint(config, str(tmp_path / 'resumed'), best=True,
+
+def _final_test_metrics(workdir: pathlib.Path) -> dict[str, float]:
+  return [l for l in _metric_lines(workdir) if 'test/mAP' in l][-1]
+
+
+def test_a_run_killed_at_any_moment_resumes_with_the_losses_of_an_uninterrupted_run(runs):
+  _, root = runs
+  straight = {l['step']: l['train/loss'] for l in _metric_lines(root / 'straight')
+              if 'train/loss' in l}
+  assert sorted(straight) == [1, 2, 3, 4, 5, 6]
+  resumed = [(l['step'], l['train/loss']) for l in _metric_lines(root / 'killed')
+             if 'train/loss' in l]
+  assert {step for step, _ in resumed} == set(straight)
+  # Steps logged before the kill and again after the restart agree too.
+  for step, loss in resumed:
+    np.testing.assert_allclose(loss, straight[step], rtol=1e-5, err_msg=f'step {step}')
+  assert {'val/mAP', 'test/mAP', 'test/R1'} <= set(_final_test_metrics(root / 'killed'))
+  assert (root / 'killed' / 'config.json').is_file()
+
+
+def test_checkpoints_evaluate_from_disk_with_report_pictures_and_features(runs, tmp_path):
+  config, root = runs
+  final = _final_test_metrics(root / 'killed')
+  out = report.evaluate_checkpoint(config, str(root / 'killed'), step=6,
                                    out_dir=str(tmp_path / 'report'), export_features=True)
   metrics = out['metrics']
-  assert 0.0 <= metrics['mAP'] <= 1.0 and len(metrics['cmc']) == config.eval.max_rank
+  # The same weights on the same split give the metrics the run logged at its end.
+  np.testing.assert_allclose(metrics['mAP'], final['test/mAP'], rtol=1e-4)
+  assert len(metrics['cmc']) == config.eval.max_rank
   for name in ('metrics', 'cmc', 'rank_list', 'flare_masks', 'query_features'):
     assert pathlib.Path(out['files'][name]).is_file(), name
   features = np.load(out['files']['query_features'])
   assert features.shape[0] == len(pipeline.load_splits_for_config(config.data).query)
   np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
-  stepped = report.evaluate_checkpoint(config, str(tmp_path / 'resumed'), step=4,
-                                       out_dir=str(tmp_path / 'report4'))
-  assert stepped['step'] == 4
+  table = report.format_metric_table(metrics, 'tiny')
+  assert 'mAP' in table and 'R-10' in table
+  best = report.evaluate_checkpoint(config, str(root / 'killed'), best=True,
+                                    out_dir=str(tmp_path / 'report_best'))
+  assert best['step'] == 6   # the only evaluation, at the end, is the best by definition
+
+
+def test_a_checkpoint_of_another_model_is_refused_with_the_differing_shapes(runs):
+  config, root = runs
+  config = config.copy_and_resolve_references()
+  config.model.fmi_hidden_ratio = 0.5
+  with pytest.raises(checkpointing.CheckpointError, match='shape params/mfmp/fmi'):
+    report.evaluate_checkpoint(config, str(root / 'straight'))
 
 
 def test_a_missing_dataset_root_names_the_config_field(tmp_path):
   config = tiny_config(str(tmp_path / 'nowhere'))
   with pytest.raises(FileNotFoundError, match='config.data.root'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
-
-
-def test_a_checkpoint_of_another_model_is_refused_with_the_differing_shapes(
-    tiny_synthetic_root, tmp_path):
-  config = tiny_config(tiny_synthetic_root)
-  config.train.max_steps = 1
-  train.train_and_evaluate(config, str(tmp_path / 'run'))
-  config.model.fmi_hidden_ratio = 0.5
-  with pytest.raises(checkpointing.CheckpointError, match='shape params/mfmp/fmi'):
-    report.evaluate_checkpoint(config, str(tmp_path / 'run'))
 
 
 def test_an_empty_query_split_is_a_clear_error(tiny_synthetic_root, tmp_path):
