@@ -11,6 +11,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= runs/demo
 DATA_DIR ?= data/synthetic
+# Two workers, one test file each at a time (files share compiled models through module fixtures).
+PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: demo test install install-test lock clean
@@ -34,7 +36,7 @@ demo: $(VENV)/.stamp-base
 	$(PY) scripts/demo.py --data_dir $(DATA_DIR) --workdir $(DEMO_DIR)
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Rewrite the constraints from the current .venv after a deliberate upgrade.
 lock: $(VENV)/.stamp-test

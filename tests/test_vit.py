@@ -595,7 +595,7 @@ def test_cross_attention_matches_a_torch_reimplementation(split):
 
 @pytest.mark.slow
 def test_two_training_steps_end_to_end_on_synthetic_data(tiny_synthetic_root, tmp_path):
-  from tests.test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from tests.tiny import tiny_config  # pylint: disable=g-import-not-at-top
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
   config = tiny_config(tiny_synthetic_root)
   config.model.update(backbone='vit_b16', vit_embed_dim=D, vit_depth=2, vit_num_heads=2,

@@ -139,17 +139,8 @@ class FACENet(nn.Module):
       outputs['masks'] = mf['masks']
       outputs['threshold'] = mf['threshold']
       if self.fce and (train or self.test_time_fce):
-        gate_rgb, gate_ni = modules.fce_gates(flare, self.bug_batch_level_gating)
-        masks = mf['masks']
-        # Official code (bug): RGB keeps f_R * (1 - M_N) instead of f_R * (1 - M_R).
-        rgb_remain = masks['ni'] if self.bug_rgb_uses_ni_mask else masks['rgb']
-        x = {
-            'rgb': modules.flare_aware_enhancement(x['rgb'], x['ti'], masks['rgb'], rgb_remain,
-                                                   gate_rgb),
-            'ni': modules.flare_aware_enhancement(x['ni'], x['ti'], masks['ni'], masks['ni'],
-                                                  gate_ni),
-            'ti': x['ti'],
-        }
+        x = modules.enhance_streams(x, mf['masks'], flare, self.bug_rgb_uses_ni_mask,
+                                    self.bug_batch_level_gating)
 
     for index in range(self.plugin_layer + 1, 5):
       x = {s: self.backbones[s].forward_stage(index, x[s], train) for s in STREAMS}
@@ -238,17 +229,8 @@ class FACENetViT(nn.Module):
       outputs['masks'] = mf['masks']
       outputs['threshold'] = mf['threshold']
       if self.fce and (train or self.test_time_fce):
-        gate_rgb, gate_ni = modules.fce_gates(flare, self.bug_batch_level_gating)
-        masks = mf['masks']
-        # Official code (bug): RGB keeps Z_R * (1 - M_N) instead of Z_R * (1 - M_R).
-        rgb_remain = masks['ni'] if self.bug_rgb_uses_ni_mask else masks['rgb']
-        grid = {
-            'rgb': modules.flare_aware_enhancement(grid['rgb'], grid['ti'], masks['rgb'],
-                                                   rgb_remain, gate_rgb),
-            'ni': modules.flare_aware_enhancement(grid['ni'], grid['ti'], masks['ni'],
-                                                  masks['ni'], gate_ni),
-            'ti': grid['ti'],
-        }
+        grid = modules.enhance_streams(grid, mf['masks'], flare, self.bug_rgb_uses_ni_mask,
+                                       self.bug_batch_level_gating)
 
     features, bn_features, logits = {}, {}, {}
     for s in STREAMS:

@@ -242,3 +242,23 @@ def flare_aware_enhancement(f_s: jax.Array, f_t: jax.Array, mask: jax.Array,
   remain_mask = remain_mask.astype(f_s.dtype)
   enhanced = f_t.astype(f_s.dtype) * mask + f_s * (1 - remain_mask)
   return jnp.where(gate[:, None, None, None], enhanced, f_s)
+
+
+def enhance_streams(features: dict[str, jax.Array], masks: dict[str, jax.Array], flare: jax.Array,
+                    rgb_uses_ni_mask: bool, batch_level_gating: bool) -> dict[str, jax.Array]:
+  """FCE (Eq. 7) on both flare-susceptible streams; TI passes through as the condition.
+
+  features: {'rgb','ni','ti'}: [B, h, w, C] (ResNet maps or ViT token grids); masks:
+  {'rgb','ni'}: [B, h, w, C]; flare: [B, 2] pseudo-label bits. `rgb_uses_ni_mask` and
+  `batch_level_gating` reproduce the official code's bugs (`model.bug_*`).
+  """
+  gate_rgb, gate_ni = fce_gates(flare, batch_level_gating)
+  # Official code (bug): RGB keeps f_R * (1 - M_N) instead of f_R * (1 - M_R).
+  rgb_remain = masks['ni'] if rgb_uses_ni_mask else masks['rgb']
+  return {
+      'rgb': flare_aware_enhancement(features['rgb'], features['ti'], masks['rgb'], rgb_remain,
+                                     gate_rgb),
+      'ni': flare_aware_enhancement(features['ni'], features['ti'], masks['ni'], masks['ni'],
+                                    gate_ni),
+      'ti': features['ti'],
+  }
