@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from facenet_jax.optim import path_to_str
 from facenet_jax.train_state import TrainState
 
 
@@ -38,7 +39,7 @@ def _manager(directory: pathlib.Path, max_to_keep: int) -> ocp.CheckpointManager
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves}
+  return {path_to_str(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 class Checkpointer:
@@ -129,25 +130,14 @@ class Checkpointer:
 
 
 def _flat_metadata(tree: Any) -> dict[str, Any]:
-  """Flatten orbax's metadata tree (nested dicts/lists of ArrayMetadata) to `a/b/c` keys."""
-  is_leaf = lambda x: hasattr(x, 'shape') and not isinstance(x, (dict, list, tuple))
-  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
-  return {_path_name(path): leaf for path, leaf in leaves}
-
-
-def _path_name(path) -> str:
-  """`a/b/0/c` for a key path, whether its entries are dict keys, attributes or indices.
+  """Flatten orbax's metadata tree (nested dicts/lists of ArrayMetadata) to `a/b/c` keys.
 
   Orbax's metadata stores dataclasses and namedtuples (TrainState, optax states) as dicts, so
-  paths are compared by their names only.
+  paths are compared by their names only (`path_to_str`), never by key type.
   """
-  names = []
-  for entry in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(entry, attr):
-        names.append(str(getattr(entry, attr)))
-        break
-  return '/'.join(names)
+  is_leaf = lambda x: hasattr(x, 'shape') and not isinstance(x, (dict, list, tuple))
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+  return {path_to_str(path): leaf for path, leaf in leaves}
 
 
 def write_json(path: str | pathlib.Path, payload: Any) -> None:
