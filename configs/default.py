@@ -116,7 +116,13 @@ def get_config() -> ml_collections.ConfigDict:
   train.keep_checkpoints = 3        # keep the last N step checkpoints (the best is kept separately)
   train.eval_every_epochs = 10      # validation (and test) evaluation period
   train.max_steps = 0               # stop after this many steps (0 = num_epochs x steps per epoch)
-  train.distributed = False         # call jax.distributed.initialize() (multi-host)
+  # Multi-process (multi-host) runs, see facenet_jax/distributed.py and README "Multi-host training".
+  train.distributed = False         # start jax.distributed (one process per host / per GPU)
+  train.coordinator_address = ''    # 'host:port' of process 0 ('' = JAX_COORDINATOR_ADDRESS or detect)
+  train.num_processes = 0           # 0 = JAX_NUM_PROCESSES or detect (SLURM, Open MPI, TPU, ...)
+  train.process_id = -1             # -1 = JAX_PROCESS_ID or detect
+  train.distributed_timeout_s = 300  # give up if the coordinator / a peer is not up by then
+  train.heartbeat_timeout_s = 100   # a peer silent this long is declared dead (the run stops)
 
   # ---------------------------------------------------------------- eval
   eval_ = config.eval = ml_collections.ConfigDict()

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from facenet_jax import checkpointing
+from facenet_jax import distributed
 from facenet_jax import evaluation
 from facenet_jax import train
 from facenet_jax import visualize
@@ -37,8 +38,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
                         ) -> dict[str, Any]:
   """Restore a checkpoint from `workdir`, embed query and gallery once each, write the report.
 
-  Returns `{'metrics': ..., 'step': int, 'files': {name: path}}`.
+  Returns `{'metrics': ..., 'step': int, 'files': {name: path}}`. In a multi-process run
+  (`config.train.distributed`) every process embeds its share and gets the metrics; only
+  process 0 writes files (the others return `files={}`).
   """
+  distributed.initialize(config.train)
   exp = train.build_experiment(config)
   if not exp.query:
     raise ValueError(f'The query split of {config.data.dataset} at {config.data.root!r} is empty: '
@@ -57,6 +61,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   metrics = train.evaluate_embeddings(q['embedding'], g['embedding'], exp.query, exp.gallery,
                                       config)
 
+  if not distributed.is_chief():
+    return {'metrics': metrics, 'step': restored_step, 'files': {}}
   out = pathlib.Path(out_dir or pathlib.Path(workdir) / f'eval_{"best" if best else "step"}_{restored_step}')
   out.mkdir(parents=True, exist_ok=True)
   files = {}

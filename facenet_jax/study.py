@@ -243,8 +243,13 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
 
 # ------------------------------------------------------------------------------------ the loop
 def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings: StudySettings,
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-  """Train + evaluate every (row, seed) not yet done in `out_dir`; return every run's result."""
+              log: Callable[[str], None] = print, report_only: bool = False,
+              data_root: str | None = None) -> list[dict[str, Any]]:
+  """Train + evaluate every (row, seed) not yet done in `out_dir`; return every run's result.
+
+  `report_only` trains nothing and returns the finished runs. `data_root` uses an existing
+  synthetic dataset instead of generating one in `out_dir/data`.
+  """
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
 
   out = pathlib.Path(out_dir)
@@ -258,7 +263,7 @@ def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings:
   else:
     settings_file.write_text(json.dumps(settings.to_json(), indent=1) + '\n')
 
-  data_root = str(out / 'data')
+  data_root = data_root or str(out / 'data')
   if not (pathlib.Path(data_root) / 'train').is_dir():
     log(f'Generating the synthetic dataset in {data_root}')
     synthetic_data.generate_synthetic_dataset(
@@ -268,8 +273,9 @@ def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings:
 
   results = []
   done_by_key: dict[str, dict[str, Any]] = {}
-  for row in rows:
-    for seed in seeds:
+  # Seed-major: a study stopped part-way has every row with the same number of seeds.
+  for seed in seeds:
+    for row in rows:
       run_dir = out / 'runs' / row / f'seed{seed}'
       result_file = run_dir / 'result.json'
       config = run_config(row, seed, settings, data_root)
@@ -277,6 +283,9 @@ def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings:
       if result_file.exists():
         result = json.loads(result_file.read_text())
         log(f'{row} seed {seed}: done before, skipped')
+      elif report_only:
+        log(f'{row} seed {seed}: not run yet, left out of the report')
+        continue
       elif key in done_by_key:
         result = {**done_by_key[key], 'row': row, 'same_run_as': done_by_key[key]['run_dir']}
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from facenet_jax import checkpointing
+from facenet_jax import distributed
 from facenet_jax import evaluation
 from facenet_jax import losses
 from facenet_jax import optim
@@ -196,32 +197,44 @@ def create_state(exp: Experiment, load_pretrained: bool = True) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   variables = init_variables(exp.model, exp.config, init_rng, load_pretrained)
   state = create_train_state(variables, exp.tx, state_rng)
+  distributed.barrier('create_state')   # device_put checks equality across processes
   return sharding.replicate(state, exp.mesh)
 
 
 # ------------------------------------------------------------------------------------ evaluation
 def embed_records(state: TrainState, embed_fn, records: list, config: ml_collections.ConfigDict,
                   mesh, with_masks: bool = False) -> dict[str, np.ndarray]:
-  """Embed every record exactly once: `{'embedding': [N, 3D]}` (+ `'masks'` when asked)."""
+  """Embed every record exactly once: `{'embedding': [N, 3D]}` (+ `'masks'` when asked).
+
+  With several processes each reads and embeds only its rows of every eval batch; the outputs
+  are all-gathered, so every process returns the same complete arrays.
+  """
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
 
   if not records:
     raise ValueError('embed_records got no records (an empty query or gallery split).')
   embedding = None
   masks = {}
-  for batch in pipeline.make_eval_stream(records, config.data):
+  stream = pipeline.make_eval_stream(records, config.data, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+  first = True
+  for batch in stream:
     out = embed_fn(state, sharding.shard_batch({k: batch[k] for k in EVAL_KEYS}, mesh))
-    out = jax.device_get(out)
-    keep = np.asarray(batch['mask'], bool)
-    index = np.asarray(batch['index'])[keep]
+    if not with_masks:
+      out = {'embedding': out['embedding']}
+    if first:  # the first gather follows this process's compile of embed_fn: start together
+      distributed.barrier('embed')
+      first = False
+    out = distributed.gather_to_host(
+        {'out': out, 'mask': np.asarray(batch['mask'], bool), 'index': np.asarray(batch['index'])})
+    keep, index, out = out['mask'], out['index'][out['mask']], out['out']
     if embedding is None:
       embedding = np.zeros((len(records), out['embedding'].shape[-1]), np.float32)
     embedding[index] = out['embedding'][keep]
-    if with_masks and 'masks' in out:
-      for name, value in out['masks'].items():
-        if name not in masks:
-          masks[name] = np.zeros((len(records),) + value.shape[1:], np.float32)
-        masks[name][index] = value[keep]
+    for name, value in out.get('masks', {}).items():
+      if name not in masks:
+        masks[name] = np.zeros((len(records),) + value.shape[1:], np.float32)
+      masks[name][index] = value[keep]
   result = {'embedding': embedding}
   if with_masks:
     result['masks'] = masks
@@ -298,11 +311,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
 
-  if config.train.distributed:
-    jax.distributed.initialize()
+  distributed.initialize(config.train)
   workdir_path = pathlib.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
-  is_chief = jax.process_index() == 0
+  is_chief = distributed.is_chief()
   if is_chief:
     (workdir_path / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
 
@@ -361,10 +373,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   previous = None       # last step's metrics: its finiteness is checked one step late
   final_scalars: dict[str, float] = {}
   step = start_step
+  compiled_step = None
   while step < exp.total_steps:
-    batch = next(stream)
-    state, metrics = train_step(
-        state, sharding.shard_batch({k: batch[k] for k in TRAIN_KEYS}, exp.mesh))
+    host_batch = next(stream)
+    batch = sharding.shard_batch({k: host_batch[k] for k in TRAIN_KEYS}, exp.mesh)
+    if compiled_step is None:
+      # Compiled ahead, then every process starts stepping together (see distributed.barrier).
+      compiled_step = train_step.lower(state, batch).compile()
+      distributed.barrier('train_step')
+    state, metrics = compiled_step(state, batch)
     step += 1
     if previous is not None and not float(previous[1]['finite']):
       _raise_non_finite(previous[0], jax.device_get(previous[1]))

@@ -281,33 +281,43 @@ def make_train_stream(records: Sequence[Record], data_config, start_step: int = 
   return _map_numpy(ds, raw_fn, signature, data_config).as_numpy_iterator()
 
 
-def _eval_source(records: Sequence[Record], data_config, batch_size: int
-                 ) -> tuple[Callable[[int], dict], dict]:
-  """(batch number -> raw padded eval batch, its signature); bilinear resize, no augmentation."""
+def _eval_source(records: Sequence[Record], data_config, batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> tuple[Callable[[int], dict], dict]:
+  """(batch number -> this process's rows of the padded eval batch, their signature).
+
+  Global batch b covers records [b * B, (b + 1) * B); process p reads rows
+  [p * B / n, (p + 1) * B / n) of it. Bilinear resize, no augmentation.
+  """
   if batch_size <= 0:
     raise ValueError(f'data.eval_batch_size: must be positive, got {batch_size}')
+  if process_count <= 0 or not 0 <= process_index < process_count or batch_size % process_count:
+    raise ValueError(f'data.eval_batch_size: {batch_size} does not split evenly over '
+                     f'{process_count} processes (process_index {process_index})')
   store = _get_store(records, data_config, 'bilinear')
   h, w = data_config.image_size
+  rows = batch_size // process_count
 
   def raw_fn(b: int) -> dict[str, np.ndarray]:
-    indices = np.arange(b * batch_size, min((b + 1) * batch_size, len(records)))
+    start = b * batch_size + process_index * rows
+    indices = np.arange(start, min(start + rows, len(records)))
     n = len(indices)
-    batch = {m: np.zeros((batch_size, h, w, 3), np.uint8) for m in MODALITIES}
-    batch.update(pid=np.full(batch_size, -1, np.int32), camid=np.full(batch_size, -1, np.int32),
-                 scene=np.full(batch_size, -1, np.int32), flare=np.zeros((batch_size, 2), np.int32),
-                 mask=np.zeros(batch_size, bool), index=np.full(batch_size, -1, np.int32))
+    batch = {m: np.zeros((rows, h, w, 3), np.uint8) for m in MODALITIES}
+    batch.update(pid=np.full(rows, -1, np.int32), camid=np.full(rows, -1, np.int32),
+                 scene=np.full(rows, -1, np.int32), flare=np.zeros((rows, 2), np.int32),
+                 mask=np.zeros(rows, bool), index=np.full(rows, -1, np.int32))
     for row, i in enumerate(indices):
       images, flare = store.get(int(i))
       for m, x in zip(MODALITIES, images):
         batch[m][row] = x
       batch['flare'][row] = flare
-    for k, v in _meta(records, indices).items():
-      batch[k][:n] = v
+    if n:
+      for k, v in _meta(records, indices).items():
+        batch[k][:n] = v
     batch['mask'][:n] = True
     batch['index'][:n] = indices
     return batch
 
-  return raw_fn, _raw_signature(batch_size, data_config.image_size, False, True)
+  return raw_fn, _raw_signature(rows, data_config.image_size, False, True)
 
 
 def make_eval_batch_fn(records: Sequence[Record], data_config, batch_size: int
@@ -317,16 +327,19 @@ def make_eval_batch_fn(records: Sequence[Record], data_config, batch_size: int
   return lambda b: _finish(raw_fn(b), data_config, np)
 
 
-def make_eval_stream(records: Sequence[Record], data_config, batch_size: int | None = None
+def make_eval_stream(records: Sequence[Record], data_config, batch_size: int | None = None,
+                     process_index: int = 0, process_count: int = 1
                      ) -> Iterator[dict[str, np.ndarray]]:
-  """Every record exactly once, in order, in batches of `batch_size` (data.eval_batch_size).
+  """Every record exactly once, in order, in global batches of `batch_size` (data.eval_batch_size).
 
   Same keys as the train stream plus 'mask' bool [B] (False for padding rows) and 'index' int32
   [B] (record index, -1 for padding). Padding rows are zero images with pid/camid/scene -1.
-  Test-time transform: bilinear resize, normalise, no augmentation.
+  Test-time transform: bilinear resize, normalise, no augmentation. With several processes each
+  yields its B / process_count rows of every global batch (all processes yield the same number
+  of batches), so the processes' batches side by side are the single-process batch.
   """
   batch_size = int(batch_size or data_config.eval_batch_size)
-  raw_fn, signature = _eval_source(records, data_config, batch_size)
+  raw_fn, signature = _eval_source(records, data_config, batch_size, process_index, process_count)
   num_batches = -(-len(records) // batch_size)
   ds = tf.data.Dataset.range(num_batches)
   return _map_numpy(ds, raw_fn, signature, data_config).as_numpy_iterator()

@@ -45,6 +45,7 @@ _BATCH = flags.DEFINE_list('batch', [str(_DEFAULTS.num_ids_per_batch),
 _EPOCHS = flags.DEFINE_integer('num_epochs', _DEFAULTS.num_epochs, 'Training epochs per run.')
 _LR = flags.DEFINE_float('base_lr', _DEFAULTS.base_lr, 'Adam learning rate.')
 _MAX_STEPS = flags.DEFINE_integer('max_steps', 0, 'Cap on training steps per run (0: none).')
+_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Train nothing; report the finished runs.')
 
 
 def _pair(values, name):
@@ -61,8 +62,9 @@ def main(argv):
   start = time.time()
   import jax  # pylint: disable=g-import-not-at-top
   # Seeds of one row compile the same programs: compile them once.
-  jax.config.update('jax_compilation_cache_dir', os.path.join(_OUT.value, '.jax_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', os.path.join(_OUT.value, '.jax_cache'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   settings = study.StudySettings(
       num_ids=_NUM_IDS.value, triplets_per_id=_TRIPLETS.value, flare_fraction=_FLARE.value,
       data_seed=_DATA_SEED.value, image_size=_pair(_IMAGE_SIZE.value, 'image_size'),
@@ -75,7 +77,10 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   command = 'python scripts/study.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
   results = study.run_study(_OUT.value, rows, range(_SEEDS.value), settings,
-                            log=lambda msg: print(msg, flush=True))
+                            log=lambda msg: print(msg, flush=True),
+                            report_only=_REPORT_ONLY.value)
+  if not results:
+    raise app.UsageError(f'no finished runs in {_OUT.value} for --rows {_ROWS.value}')
   files = study.write_report(_OUT.value, results, settings, command)
   print()
   print(open(files['markdown']).read())

@@ -140,6 +140,21 @@ def test_eval_stream_covers_every_record_once(splits):
   np.testing.assert_allclose(batches[1]['ti'][row], expected, atol=1e-6)
 
 
+def test_eval_stream_shards_side_by_side_are_the_single_process_batches(splits):
+  cfg = _config()
+  recs = splits.query + splits.gallery
+  whole = list(pipeline.make_eval_stream(recs, cfg, batch_size=6))
+  shards = [list(pipeline.make_eval_stream(recs, cfg, batch_size=6, process_index=p,
+                                           process_count=3)) for p in range(3)]
+  # Every process yields the same number of batches (collectives need it), 2 rows each.
+  assert [len(s) for s in shards] == [len(whole)] * 3
+  for b, batch in enumerate(whole):
+    for k in batch:
+      np.testing.assert_array_equal(np.concatenate([s[b][k] for s in shards]), batch[k], err_msg=k)
+  with pytest.raises(ValueError, match='eval_batch_size: 6 does not split evenly over 4'):
+    pipeline.make_eval_stream(recs, cfg, batch_size=6, process_index=0, process_count=4)
+
+
 def test_eval_stream_default_batch_size(splits):
   cfg = _config(eval_batch_size=7)
   batches = list(pipeline.make_eval_stream(splits.gallery, cfg))

@@ -15,15 +15,16 @@ from facenet_jax import checkpointing
 from facenet_jax import report
 from facenet_jax import train
 from input_pipeline import pipeline
+from tests.tiny import SHORT_SGD_RUN
 from tests.tiny import tiny_config
+from tests.tiny import tiny_flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_the_driver_stops_with_a_clear_message_on_a_non_finite_loss(tiny_synthetic_root, tmp_path,
                                                                    monkeypatch):
-  config = tiny_config(tiny_synthetic_root)
-  config.train.max_steps = 3
+  config = tiny_config(tiny_synthetic_root, **SHORT_SGD_RUN)
   real_stream = pipeline.make_train_stream
 
   def poisoned_stream(*args, **kwargs):
@@ -37,18 +38,6 @@ def test_the_driver_stops_with_a_clear_message_on_a_non_finite_loss(tiny_synthet
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
-def _tiny_overrides(root: str, workdir: pathlib.Path, max_steps: int) -> list[str]:
-  """`scripts/train.py` flags that give `tiny_config(root)` with `max_steps`."""
-  return ['--config', 'configs/synthetic.py', '--workdir', str(workdir),
-          f'--config.data.root={root}', '--config.data.image_size=(32, 16)',
-          '--config.data.pad_pixels=2', '--config.data.num_ids_per_batch=4',
-          '--config.data.num_instances=2', '--config.data.eval_batch_size=8',
-          '--config.data.num_val_ids=2', '--config.model.depth=18', '--config.optim.base_lr=3.5e-4',
-          '--config.train.num_epochs=2',
-          '--config.train.log_every_steps=1', '--config.train.checkpoint_every_steps=2',
-          '--config.train.eval_every_epochs=100', f'--config.train.max_steps={max_steps}']
-
-
 def _single_device_env() -> dict[str, str]:
   """The test environment with one CPU device (it runs the tiny model much faster than four)."""
   env = dict(os.environ)
@@ -59,7 +48,7 @@ def _single_device_env() -> dict[str, str]:
 
 def _train_script(root: str, workdir: pathlib.Path, max_steps: int) -> subprocess.Popen:
   return subprocess.Popen(
-      [sys.executable, 'scripts/train.py', *_tiny_overrides(root, workdir, max_steps)],
+      [sys.executable, 'scripts/train.py', *tiny_flags(root, workdir, train__max_steps=max_steps)],
       cwd=REPO_ROOT, env=_single_device_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
       text=True)
 
