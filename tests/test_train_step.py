@@ -38,9 +38,10 @@ def test_loss_and_update_do_not_depend_on_the_number_of_devices(setup):
   """BatchNorm statistics and triplet mining see the global batch, however it is sharded."""
   config, exp, host_state, batches = setup
   assert len(jax.devices()) >= 4
-  results = {n: _step_on_mesh(exp, config, host_state, batches[0], n) for n in (1, 2, 4)}
+  # 1 vs 4 here; 2 processes x 2 devices vs 1 x 4 is tests/test_multihost.py.
+  results = {n: _step_on_mesh(exp, config, host_state, batches[0], n) for n in (1, 4)}
   state_1, metrics_1 = results[1]
-  for n in (2, 4):
+  for n in (4,):
     state_n, metrics_n = results[n]
     for key in ('loss', 'triplet', 'id', 'flare', 'ic', 'grad_norm'):
       np.testing.assert_allclose(metrics_n[key], metrics_1[key], rtol=1e-4, atol=1e-6,
