@@ -47,7 +47,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   if not exp.query:
     raise ValueError(f'The query split of {config.data.dataset} at {config.data.root!r} is empty: '
                      'nothing to evaluate.')
-  template = train.create_state(exp, load_pretrained=False)
+  template = train.abstract_state(exp)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
   state, meta = ckpt.restore(template, step=step, best=best)
   ckpt.close()

@@ -205,7 +205,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
 
   exp = train.build_experiment(config)
-  state = train.create_state(exp, load_pretrained=False)
+  state = train.abstract_state(exp)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
   state, _ = ckpt.restore(state)
   ckpt.close()
@@ -241,13 +241,55 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   return result
 
 
+def diagnose_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Where a row's mAP comes from: each branch alone, and the model without FCE at test time.
+
+  'branch_mAP': {'rgb', 'ni', 'ti'}: mAP of that branch's third of the embedding (re-normalised)
+  on all queries; 'no_test_fce' (FCE rows only): mAP on all / flared / flare-free queries when
+  every sample's flare label is zeroed at test time, i.e. the same weights without the feature
+  replacement. Together they tell a harm done by the test-time replacement from one done to the
+  streams during training.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from facenet_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from facenet_jax import train  # pylint: disable=g-import-not-at-top
+
+  exp = train.build_experiment(config)
+  state = train.abstract_state(exp)
+  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  state, _ = ckpt.restore(state)
+  ckpt.close()
+  embed = train.jit_embed_step(train.make_embed_step(exp.model), exp.mesh)
+  q = train.embed_records(state, embed, exp.query, config, exp.mesh)['embedding']
+  g = train.embed_records(state, embed, exp.gallery, config, exp.mesh)['embedding']
+  everyone = np.ones(len(exp.query), bool)
+  result: dict[str, Any] = {'branch_mAP': {}}
+  d = q.shape[1] // 3
+  for i, branch in enumerate(('rgb', 'ni', 'ti')):
+    part = lambda x: x[:, i * d:(i + 1) * d] / np.maximum(
+        np.linalg.norm(x[:, i * d:(i + 1) * d], axis=1, keepdims=True), 1e-12)
+    result['branch_mAP'][branch] = subset_metrics(part(q), part(g), exp.query, exp.gallery,
+                                                  config, everyone)['mAP']
+  if config.model.fce:
+    no_fce = jax.jit(lambda st, b: embed(st, {**b, 'flare': jnp.zeros_like(b['flare'])}))
+    q0 = train.embed_records(state, no_fce, exp.query, config, exp.mesh)['embedding']
+    g0 = train.embed_records(state, no_fce, exp.gallery, config, exp.mesh)['embedding']
+    flared = flared_queries(exp.query)
+    result['no_test_fce'] = {
+        name: _get({'m': subset_metrics(q0, g0, exp.query, exp.gallery, config, keep)}, 'm', 'mAP')
+        for name, keep in (('all', everyone), ('flare', flared), ('flare_free', ~flared))}
+  return result
+
+
 # ------------------------------------------------------------------------------------ the loop
 def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings: StudySettings,
               log: Callable[[str], None] = print, report_only: bool = False,
-              data_root: str | None = None) -> list[dict[str, Any]]:
+              data_root: str | None = None, diagnose: bool = False) -> list[dict[str, Any]]:
   """Train + evaluate every (row, seed) not yet done in `out_dir`; return every run's result.
 
-  `report_only` trains nothing and returns the finished runs. `data_root` uses an existing
+  `report_only` trains nothing and returns the finished runs. `diagnose` adds `diagnose_run`'s
+  measures to every finished run that lacks them. `data_root` uses an existing
   synthetic dataset instead of generating one in `out_dir/data`.
   """
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
@@ -303,6 +345,10 @@ def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings:
         log(f'{row} seed {seed}: mAP {result["all"]["mAP"]:.2f} (flare '
             f'{_get(result, "flare", "mAP"):.2f}, flare-free {_get(result, "flare_free", "mAP"):.2f})'
             f' in {result["seconds"] / 60:.1f} min')
+      if diagnose and 'diagnosis' not in result:
+        result['diagnosis'] = diagnose_run(config, result.get('run_dir', str(run_dir)))
+        result_file.write_text(json.dumps(result, indent=1) + '\n')
+        log(f'{row} seed {seed}: diagnosis {result["diagnosis"]}')
       done_by_key.setdefault(key, result)
       results.append(result)
   return results
@@ -328,6 +374,10 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, tuple[fl
   for modality in ('rgb', 'ni'):
     for m in ('iou', 'precision', 'recall', 'all_flared_iou', 'flare_free_predicted_fraction'):
       fields[f'{modality}_{m}'] = ('masks', modality, m)
+  for branch in ('rgb', 'ni', 'ti'):
+    fields[f'branch_{branch}_mAP'] = ('diagnosis', 'branch_mAP', branch)
+  for subset in ('all', 'flare', 'flare_free'):
+    fields[f'no_test_fce_{subset}_mAP'] = ('diagnosis', 'no_test_fce', subset)
   table: dict[str, dict[str, tuple[float, float, int]]] = {}
   for row in dict.fromkeys(r['row'] for r in results):
     runs = [r for r in results if r['row'] == row]
@@ -380,6 +430,19 @@ def markdown_report(results: Sequence[dict[str, Any]], settings: StudySettings,
            for k in ('iou', 'precision', 'recall')] +
           [_pm(cells.get('rgb_all_flared_iou'), 100.0),
            _pm(cells.get('rgb_flare_free_predicted_fraction'), 100.0)]) + ' |')
+  diag_rows = [(row, cells) for row, cells in table.items() if 'branch_rgb_mAP' in cells]
+  if diag_rows:
+    lines += ['', 'Diagnosis (mAP on all test queries unless named; n = seeds diagnosed): each '
+              'branch\'s third of the embedding alone, and the FCE rows\' weights evaluated '
+              'without the test-time feature replacement (flare labels zeroed):', '',
+              '| row | n | RGB branch | NI branch | TI branch | no test-time FCE | '
+              'no test-time FCE, flared q. | no test-time FCE, flare-free q. |',
+              '|---|---|---|---|---|---|---|---|']
+    for row, cells in diag_rows:
+      lines.append('| ' + ' | '.join(
+          [ROW_LABELS.get(row, row), str(cells['branch_rgb_mAP'][2])] +
+          [_pm(cells.get(f'branch_{b}_mAP')) for b in ('rgb', 'ni', 'ti')] +
+          [_pm(cells.get(f'no_test_fce_{k}_mAP')) for k in ('all', 'flare', 'flare_free')]) + ' |')
   trained = [r for r in results if 'same_run_as' not in r and 'seconds' in r]
   if trained:
     total = sum(r['seconds'] for r in trained)

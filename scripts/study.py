@@ -46,6 +46,8 @@ _EPOCHS = flags.DEFINE_integer('num_epochs', _DEFAULTS.num_epochs, 'Training epo
 _LR = flags.DEFINE_float('base_lr', _DEFAULTS.base_lr, 'Adam learning rate.')
 _MAX_STEPS = flags.DEFINE_integer('max_steps', 0, 'Cap on training steps per run (0: none).')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Train nothing; report the finished runs.')
+_DIAGNOSE = flags.DEFINE_bool('diagnose', False, 'Also measure each branch alone and the FCE rows '
+                              'without test-time FCE (added to finished runs that lack it).')
 
 
 def _pair(values, name):
@@ -78,7 +80,7 @@ def main(argv):
   command = 'python scripts/study.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
   results = study.run_study(_OUT.value, rows, range(_SEEDS.value), settings,
                             log=lambda msg: print(msg, flush=True),
-                            report_only=_REPORT_ONLY.value)
+                            report_only=_REPORT_ONLY.value, diagnose=_DIAGNOSE.value)
   if not results:
     raise app.UsageError(f'no finished runs in {_OUT.value} for --rows {_ROWS.value}')
   files = study.write_report(_OUT.value, results, settings, command)

@@ -129,7 +129,7 @@ def test_evaluation_gathers_every_image_once_and_matches_one_process(pair_and_si
 def test_a_checkpoint_written_by_the_pair_restores_in_one_process(pair_and_single):
   config, root = pair_and_single
   exp = train.build_experiment(config)
-  template = train.create_state(exp, load_pretrained=False)
+  template = train.abstract_state(exp)
   ckpt = checkpointing.Checkpointer(root / 'pair', config.train.keep_checkpoints)
   state, meta = ckpt.restore(template)
   ckpt.close()

@@ -95,11 +95,17 @@ def test_the_study_script_on_two_tiny_rows_writes_tables_and_resumes(tmp_path):
   assert 'RGB IoU' in markdown and 'python scripts/study.py --rows' in markdown
   assert (out / 'results.png').stat().st_size > 0
 
-  # Started again: nothing is trained again, the report is the same.
-  second = _study(out)
+  # Started again: nothing is trained again; --diagnose adds its measures to the finished runs.
+  second = _study(out, '--diagnose')
   assert second.returncode == 0, second.stderr[-3000:]
   assert second.stdout.count('done before, skipped') == 2
-  assert json.loads((out / 'results.json').read_text())['runs'] == results['runs']
+  again = json.loads((out / 'results.json').read_text())['runs']
+  assert [{k: v for k, v in r.items() if k != 'diagnosis'} for r in again] == results['runs']
+  baseline, smp_fce = again
+  assert set(baseline['diagnosis']) == {'branch_mAP'}     # no FCE to switch off
+  assert set(smp_fce['diagnosis']['branch_mAP']) == {'rgb', 'ni', 'ti'}
+  assert set(smp_fce['diagnosis']['no_test_fce']) == {'all', 'flare', 'flare_free'}
+  assert 'no test-time FCE' in (out / 'results.md').read_text()
   # Other settings in the same folder are refused instead of mixed in.
   other = _study(out, '--num_epochs', '3')
   assert other.returncode != 0 and 'other study settings' in other.stderr
