@@ -44,3 +44,16 @@ def tiny_synthetic_root(tmp_path_factory) -> str:
   synthetic.generate_synthetic_dataset(root, num_ids=15, triplets_per_id=4, image_size=(32, 16),
                                        flare_fraction=0.4, seed=3)
   return root
+
+
+# The longest test files start first, so that with two xdist workers (`--dist loadfile`) the
+# short files fill the gaps at the end instead of one long file running alone after the rest.
+LONGEST_FIRST = ('test_multihost.py', 'test_train_driver.py', 'test_study.py',
+                 'test_train_step.py', 'test_benchmark.py', 'test_vit.py', 'test_facenet.py')
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+  rank = lambda item: (LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+                       else len(LONGEST_FIRST))
+  items.sort(key=rank)   # stable: the order inside each file is kept
