@@ -131,6 +131,11 @@ def run_config(row: str, seed: int, settings: StudySettings,
   return config
 
 
+def _ablation_rows() -> dict[str, Any]:
+  from configs import ablation  # pylint: disable=g-import-not-at-top
+  return ablation.ROWS
+
+
 def config_key(config: ml_collections.ConfigDict) -> str:
   """A canonical string of everything that affects training (two rows with it equal are one run)."""
   return json.dumps(json.loads(config.to_json_best_effort()), sort_keys=True)
@@ -314,7 +319,13 @@ def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings:
         seed=settings.data_seed)
 
   results = []
+  # Finished runs of any row (also rows not asked for now) stand in for identical configurations.
   done_by_key: dict[str, dict[str, Any]] = {}
+  for result_file in sorted(out.glob('runs/*/seed*/result.json')):
+    done = json.loads(result_file.read_text())
+    if 'same_run_as' not in done and done.get('row') in _ablation_rows():
+      done_by_key.setdefault(
+          config_key(run_config(done['row'], done['seed'], settings, data_root)), done)
   # Seed-major: a study stopped part-way has every row with the same number of seeds.
   for seed in seeds:
     for row in rows:
