@@ -203,18 +203,24 @@ def subset_metrics(q_feats: np.ndarray, g_feats: np.ndarray, query: Sequence[Any
           'num_queries': int(metrics['num_valid_queries'])}
 
 
-def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Restore the latest checkpoint of `workdir` and measure retrieval and mask quality."""
-  import jax  # pylint: disable=g-import-not-at-top
+def _restore_latest(config: ml_collections.ConfigDict, workdir: str):
+  """(experiment, the latest checkpoint's state, the jitted embed step) of a finished run."""
   from facenet_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
 
   exp = train.build_experiment(config)
-  state = train.abstract_state(exp)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
-  state, _ = ckpt.restore(state)
+  state, _ = ckpt.restore(train.abstract_state(exp))
   ckpt.close()
-  embed = train.jit_embed_step(train.make_embed_step(exp.model), exp.mesh)
+  return exp, state, train.jit_embed_step(train.make_embed_step(exp.model), exp.mesh)
+
+
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Restore the latest checkpoint of `workdir` and measure retrieval and mask quality."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from facenet_jax import train  # pylint: disable=g-import-not-at-top
+
+  exp, state, embed = _restore_latest(config, workdir)
   q = train.embed_records(state, embed, exp.query, config, exp.mesh, with_masks=True)
   g = train.embed_records(state, embed, exp.gallery, config, exp.mesh)['embedding']
   flared = flared_queries(exp.query)
@@ -257,15 +263,9 @@ def diagnose_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from facenet_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
 
-  exp = train.build_experiment(config)
-  state = train.abstract_state(exp)
-  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
-  state, _ = ckpt.restore(state)
-  ckpt.close()
-  embed = train.jit_embed_step(train.make_embed_step(exp.model), exp.mesh)
+  exp, state, embed = _restore_latest(config, workdir)
   q = train.embed_records(state, embed, exp.query, config, exp.mesh)['embedding']
   g = train.embed_records(state, embed, exp.gallery, config, exp.mesh)['embedding']
   everyone = np.ones(len(exp.query), bool)
@@ -409,51 +409,53 @@ def _pm(cell: tuple[float, float, int] | None, scale: float = 1.0, digits: int =
   return f'{scale * mean:.{digits}f} ± {scale * std:.{digits}f}'
 
 
+def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  """Lines of a Markdown table whose first column is the row name."""
+  lines = ['| row | ' + ' | '.join(headers) + ' |', '|---' * (len(headers) + 1) + '|']
+  return lines + ['| ' + ' | '.join(cells) + ' |' for cells in rows]
+
+
 def markdown_report(results: Sequence[dict[str, Any]], settings: StudySettings,
                     command: str) -> str:
   """The Markdown tables (retrieval, then mask quality) of a finished or partial study."""
   table = aggregate(results)
   seeds = sorted({r['seed'] for r in results})
   lines = [f'Settings: {json.dumps(settings.to_json())}; seeds {seeds}; mean ± std over seeds.',
-           f'Command: `{command}`', '',
-           '| row | mAP | R-1 | R-5 | R-10 | flared q. mAP | flared q. R-1 | flare-free q. mAP '
-           '| flare-free q. R-1 | paper mAP |',
-           '|---|---|---|---|---|---|---|---|---|---|']
-  for row, cells in table.items():
-    lines.append('| ' + ' | '.join(
-        [ROW_LABELS.get(row, row)] +
-        [_pm(cells.get(k)) for k in ('mAP', 'R1', 'R5', 'R10', 'flare_mAP', 'flare_R1',
-                                     'flare_free_mAP', 'flare_free_R1')] +
-        [f'{PAPER_MAP[row]:.1f}' if row in PAPER_MAP else '']) + ' |')
+           f'Command: `{command}`', '']
+  lines += _markdown_table(
+      ['mAP', 'R-1', 'R-5', 'R-10', 'flared q. mAP', 'flared q. R-1', 'flare-free q. mAP',
+       'flare-free q. R-1', 'paper mAP'],
+      [[ROW_LABELS.get(row, row)] +
+       [_pm(cells.get(k)) for k in ('mAP', 'R1', 'R5', 'R10', 'flare_mAP', 'flare_R1',
+                                    'flare_free_mAP', 'flare_free_R1')] +
+       [f'{PAPER_MAP[row]:.1f}' if row in PAPER_MAP else ''] for row, cells in table.items()])
   mask_rows = [(row, cells) for row, cells in table.items() if 'rgb_iou' in cells]
   if mask_rows:
     lines += ['', 'Flare-mask quality on the flared test queries against the generator\'s glare '
               'masks (cells of the mask grid; IoU / precision / recall in percent; "all-flared" '
               'is the IoU of a mask marking every cell; "fires on clean" is the fraction of cells '
-              'marked on flare-free queries):', '',
-              '| row | RGB IoU | RGB precision | RGB recall | NI IoU | NI precision | NI recall '
-              '| all-flared IoU | fires on clean (RGB) |',
-              '|---|---|---|---|---|---|---|---|---|']
-    for row, cells in mask_rows:
-      lines.append('| ' + ' | '.join(
-          [ROW_LABELS.get(row, row)] +
-          [_pm(cells.get(f'{m}_{k}'), 100.0) for m in ('rgb', 'ni')
-           for k in ('iou', 'precision', 'recall')] +
-          [_pm(cells.get('rgb_all_flared_iou'), 100.0),
-           _pm(cells.get('rgb_flare_free_predicted_fraction'), 100.0)]) + ' |')
+              'marked on flare-free queries):', '']
+    lines += _markdown_table(
+        ['RGB IoU', 'RGB precision', 'RGB recall', 'NI IoU', 'NI precision', 'NI recall',
+         'all-flared IoU', 'fires on clean (RGB)'],
+        [[ROW_LABELS.get(row, row)] +
+         [_pm(cells.get(f'{m}_{k}'), 100.0) for m in ('rgb', 'ni')
+          for k in ('iou', 'precision', 'recall')] +
+         [_pm(cells.get(k), 100.0) for k in ('rgb_all_flared_iou',
+                                             'rgb_flare_free_predicted_fraction')]
+         for row, cells in mask_rows])
   diag_rows = [(row, cells) for row, cells in table.items() if 'branch_rgb_mAP' in cells]
   if diag_rows:
     lines += ['', 'Diagnosis (mAP on all test queries unless named; n = seeds diagnosed): each '
               'branch\'s third of the embedding alone, and the FCE rows\' weights evaluated '
-              'without the test-time feature replacement (flare labels zeroed):', '',
-              '| row | n | RGB branch | NI branch | TI branch | no test-time FCE | '
-              'no test-time FCE, flared q. | no test-time FCE, flare-free q. |',
-              '|---|---|---|---|---|---|---|---|']
-    for row, cells in diag_rows:
-      lines.append('| ' + ' | '.join(
-          [ROW_LABELS.get(row, row), str(cells['branch_rgb_mAP'][2])] +
-          [_pm(cells.get(f'branch_{b}_mAP')) for b in ('rgb', 'ni', 'ti')] +
-          [_pm(cells.get(f'no_test_fce_{k}_mAP')) for k in ('all', 'flare', 'flare_free')]) + ' |')
+              'without the test-time feature replacement (flare labels zeroed):', '']
+    lines += _markdown_table(
+        ['n', 'RGB branch', 'NI branch', 'TI branch', 'no test-time FCE',
+         'no test-time FCE, flared q.', 'no test-time FCE, flare-free q.'],
+        [[ROW_LABELS.get(row, row), str(cells['branch_rgb_mAP'][2])] +
+         [_pm(cells.get(f'branch_{b}_mAP')) for b in ('rgb', 'ni', 'ti')] +
+         [_pm(cells.get(f'no_test_fce_{k}_mAP')) for k in ('all', 'flare', 'flare_free')]
+         for row, cells in diag_rows])
   trained = [r for r in results if 'same_run_as' not in r and 'seconds' in r]
   if trained:
     total = sum(r['seconds'] for r in trained)
