@@ -11,7 +11,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= runs/demo
 DATA_DIR ?= data/synthetic
-# Two workers, one test file each at a time (files share compiled models through module fixtures).
+# Two workers, one test file each at a time (files share compiled models through module fixtures),
+# files handed out in the order tests/conftest.py sorts them (longest first).
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
@@ -36,7 +37,7 @@ demo: $(VENV)/.stamp-base
 	$(PY) scripts/demo.py --data_dir $(DATA_DIR) --workdir $(DEMO_DIR)
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Rewrite the constraints from the current .venv after a deliberate upgrade.
 lock: $(VENV)/.stamp-test

@@ -107,5 +107,8 @@ def test_the_study_script_on_two_tiny_rows_writes_tables_and_resumes(tmp_path):
   assert set(smp_fce['diagnosis']['no_test_fce']) == {'all', 'flare', 'flare_free'}
   assert 'no test-time FCE' in (out / 'results.md').read_text()
   # Other settings in the same folder are refused instead of mixed in.
-  other = _study(out, '--num_epochs', '3')
-  assert other.returncode != 0 and 'other study settings' in other.stderr
+  with pytest.raises(ValueError, match='other study settings'):
+    study.run_study(str(out), ['table2_baseline'], [0],
+                    study.StudySettings(num_ids=15, triplets_per_id=4, image_size=(32, 16),
+                                        num_ids_per_batch=4, num_instances=2, max_steps=2,
+                                        num_epochs=3))
