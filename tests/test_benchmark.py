@@ -13,6 +13,7 @@ from configs import default
 from facenet_jax import flops
 from facenet_jax.models import facenet
 from facenet_jax.models import resnet
+from tests.tiny import subprocess_env
 
 TINY = (32, 16)
 
@@ -105,11 +106,7 @@ FIELDS = ('compile:', 'step time (median of 2):', 'triplets/s', 'images/s',
 
 
 def _run_benchmark(repo_root, *extra):
-  env = dict(os.environ)
-  env['JAX_PLATFORMS'] = 'cpu'
-  # One CPU device: the simulated multi-device flag of conftest only slows the step down.
-  env['XLA_FLAGS'] = re.sub(r'--xla_force_host_platform_device_count=\d+', '',
-                            env.get('XLA_FLAGS', '')).strip()
+  env = {**subprocess_env(), 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run(
       [sys.executable, str(repo_root / 'scripts' / 'benchmark.py'), *SMOKE_ARGS, *extra],
       cwd=repo_root, env=env, capture_output=True, text=True, timeout=600, check=False)

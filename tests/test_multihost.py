@@ -8,7 +8,6 @@ instead of leaving its peer hanging.
 """
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from facenet_jax import checkpointing
 from facenet_jax import distributed
 from facenet_jax import train
 from tests.tiny import SHORT_SGD_RUN
+from tests.tiny import subprocess_env
 from tests.tiny import tiny_config
 from tests.tiny import tiny_flags
 
@@ -37,22 +37,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env(num_devices: int) -> dict[str, str]:
-  env = dict(os.environ)
-  flags = [f for f in env.get('XLA_FLAGS', '').split()
-           if 'xla_force_host_platform_device_count' not in f]
-  env['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={num_devices}'])
-  env['PYTHONUNBUFFERED'] = '1'
-  return env
-
-
 def _launch(root: str, workdir: pathlib.Path, rank: int, num_processes: int, port: int,
             log: pathlib.Path, **overrides) -> subprocess.Popen:
   flags = tiny_flags(root, workdir, **RUN, train__distributed=True,
                      train__coordinator_address=f'127.0.0.1:{port}',
                      train__num_processes=num_processes, train__process_id=rank, **overrides)
   return subprocess.Popen([sys.executable, 'scripts/train.py', *flags], cwd=REPO_ROOT,
-                          env=_env(2), stdout=subprocess.DEVNULL, stderr=log.open('w'))
+                          env={**subprocess_env(2), 'PYTHONUNBUFFERED': '1'}, stdout=subprocess.DEVNULL, stderr=log.open('w'))
 
 
 def _wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path], deadline_s: float

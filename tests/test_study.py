@@ -1,7 +1,6 @@
 """The synthetic flare study: its measures by hand, and the script end to end on two tiny rows."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from facenet_jax import study
+from tests.tiny import subprocess_env
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -63,14 +63,11 @@ def test_aggregate_gives_mean_and_sample_std_over_seeds():
 
 
 def _study(out: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ)   # one CPU device: the tiny model runs faster than on four
-  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
-                              if 'xla_force_host_platform_device_count' not in f)
   return subprocess.run(
       [sys.executable, 'scripts/study.py', '--rows', 'table2_baseline,table2_mfmp_nofmi_fce',
        '--seeds', '1', '--out', str(out), '--num_ids', '15', '--triplets_per_id', '4',
        '--image_size', '32,16', '--batch', '4,2', '--max_steps', '2', *extra],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
 
 
 def test_the_study_script_on_two_tiny_rows_writes_tables_and_resumes(tmp_path):

@@ -1,7 +1,6 @@
 """The training driver end to end on tiny data: kill and resume, reports from disk, bad input."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from facenet_jax import report
 from facenet_jax import train
 from input_pipeline import pipeline
 from tests.tiny import SHORT_SGD_RUN
+from tests.tiny import subprocess_env
 from tests.tiny import tiny_config
 from tests.tiny import tiny_flags
 
@@ -38,18 +38,10 @@ def test_the_driver_stops_with_a_clear_message_on_a_non_finite_loss(tiny_synthet
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
-def _single_device_env() -> dict[str, str]:
-  """The test environment with one CPU device (it runs the tiny model much faster than four)."""
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
-                              if 'xla_force_host_platform_device_count' not in f)
-  return env
-
-
 def _train_script(root: str, workdir: pathlib.Path, max_steps: int) -> subprocess.Popen:
   return subprocess.Popen(
       [sys.executable, 'scripts/train.py', *tiny_flags(root, workdir, train__max_steps=max_steps)],
-      cwd=REPO_ROOT, env=_single_device_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
       text=True)
 
 

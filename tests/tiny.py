@@ -1,5 +1,6 @@
 """The tiny training config shared by the training tests: small enough to compile and run fast."""
 
+import os
 import pathlib
 
 from configs import synthetic as synthetic_config
@@ -51,3 +52,18 @@ def tiny_flags(root: str, workdir: str | pathlib.Path, **overrides) -> list[str]
 # ~lr * sign(g), so parameters whose gradient is ~0 (summation-order noise) would jump by +-lr
 # and make two equivalent runs drift apart for reasons unrelated to what is compared.
 SHORT_SGD_RUN = dict(train__max_steps=3, optim__optimizer='sgd', optim__base_lr=1e-4)
+
+
+def subprocess_env(num_devices: int = 1) -> dict[str, str]:
+  """This test environment for a child process with `num_devices` simulated CPU devices.
+
+  The tests' own four devices (conftest) only slow a tiny model down in a child that does not
+  need them; the compilation cache and the other settings are inherited.
+  """
+  env = dict(os.environ)
+  flags = [f for f in env.get('XLA_FLAGS', '').split()
+           if 'xla_force_host_platform_device_count' not in f]
+  if num_devices > 1:
+    flags.append(f'--xla_force_host_platform_device_count={num_devices}')
+  env['XLA_FLAGS'] = ' '.join(flags)
+  return env
