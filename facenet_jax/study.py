@@ -215,8 +215,13 @@ def _restore_latest(config: ml_collections.ConfigDict, workdir: str):
   return exp, state, train.jit_embed_step(train.make_embed_step(exp.model), exp.mesh)
 
 
-def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Restore the latest checkpoint of `workdir` and measure retrieval and mask quality."""
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str,
+                 diagnose: bool = False) -> dict[str, Any]:
+  """Restore the latest checkpoint of `workdir` and measure retrieval and mask quality.
+
+  With `diagnose`, also `_diagnosis` (under 'diagnosis') from the same restored state and
+  embeddings.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
 
@@ -237,27 +242,41 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
       continue
     pred = q['masks'][modality]                     # [Q, h, w, C]
     grid = pred.shape[1:3]
-    idx = [i for i, r in enumerate(exp.query) if synthetic_data.glare_mask_path(path_of(r))]
-    clean = [i for i in range(len(exp.query)) if i not in set(idx)]
-    if not idx:
+    has_glare = np.asarray([synthetic_data.glare_mask_path(path_of(r)) is not None
+                            for r in exp.query], bool)
+    if not has_glare.any():
       continue
-    truth = np.stack([downsample_truth(synthetic_data.load_glare_mask(path_of(exp.query[i])), grid)
-                      for i in idx])
-    quality = mask_quality(predicted_cells(pred[idx]), truth)
+    truth = np.stack([downsample_truth(synthetic_data.load_glare_mask(path_of(r)), grid)
+                      for r, glare in zip(exp.query, has_glare) if glare])
+    quality = mask_quality(predicted_cells(pred[has_glare]), truth)
     # On flare-free images FCE is gated off, but a mask that fires there shows poor localisation.
     quality['flare_free_predicted_fraction'] = (
-        float(predicted_cells(pred[clean]).mean()) if clean else float('nan'))
+        float(predicted_cells(pred[~has_glare]).mean()) if (~has_glare).any() else float('nan'))
     quality['grid'] = list(grid)
     result['masks'][modality] = quality
+  if diagnose:
+    result['diagnosis'] = _diagnosis(exp, state, embed, config, q['embedding'], g)
   return result
 
 
 def diagnose_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`_diagnosis` of the latest checkpoint of a run evaluated before without it."""
+  from facenet_jax import train  # pylint: disable=g-import-not-at-top
+
+  exp, state, embed = _restore_latest(config, workdir)
+  q = train.embed_records(state, embed, exp.query, config, exp.mesh)['embedding']
+  g = train.embed_records(state, embed, exp.gallery, config, exp.mesh)['embedding']
+  return _diagnosis(exp, state, embed, config, q, g)
+
+
+def _diagnosis(exp, state, embed, config: ml_collections.ConfigDict, q: np.ndarray,
+               g: np.ndarray) -> dict[str, Any]:
   """Where a row's mAP comes from: each branch alone, and the model without FCE at test time.
 
-  'branch_mAP': {'rgb', 'ni', 'ti'}: mAP of that branch's third of the embedding (re-normalised)
-  on all queries; 'no_test_fce' (FCE rows only): mAP on all / flared / flare-free queries when
-  every sample's flare label is zeroed at test time, i.e. the same weights without the feature
+  `q: [Q, 3D]`, `g: [G, 3D]` are the run's query and gallery embeddings. 'branch_mAP':
+  {'rgb', 'ni', 'ti'}: mAP of that branch's third of the embedding (re-normalised) on all
+  queries; 'no_test_fce' (FCE rows only): mAP on all / flared / flare-free queries when every
+  sample's flare label is zeroed at test time, i.e. the same weights without the feature
   replacement. Together they tell a harm done by the test-time replacement from one done to the
   streams during training.
   """
@@ -265,15 +284,13 @@ def diagnose_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
 
-  exp, state, embed = _restore_latest(config, workdir)
-  q = train.embed_records(state, embed, exp.query, config, exp.mesh)['embedding']
-  g = train.embed_records(state, embed, exp.gallery, config, exp.mesh)['embedding']
   everyone = np.ones(len(exp.query), bool)
   result: dict[str, Any] = {'branch_mAP': {}}
   d = q.shape[1] // 3
   for i, branch in enumerate(('rgb', 'ni', 'ti')):
-    part = lambda x: x[:, i * d:(i + 1) * d] / np.maximum(
-        np.linalg.norm(x[:, i * d:(i + 1) * d], axis=1, keepdims=True), 1e-12)
+    def part(x, i=i):
+      x = x[:, i * d:(i + 1) * d]
+      return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     result['branch_mAP'][branch] = subset_metrics(part(q), part(g), exp.query, exp.gallery,
                                                   config, everyone)['mAP']
   if config.model.fce:
@@ -350,7 +367,8 @@ def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings:
         train.train_and_evaluate(config, str(run_dir))
         train_seconds = time.time() - start
         result = {'row': row, 'seed': seed, 'run_dir': str(run_dir),
-                  'train_seconds': train_seconds, **evaluate_run(config, str(run_dir))}
+                  'train_seconds': train_seconds,
+                  **evaluate_run(config, str(run_dir), diagnose=diagnose)}
         result['seconds'] = time.time() - start
         result_file.write_text(json.dumps(result, indent=1) + '\n')
         log(f'{row} seed {seed}: mAP {result["all"]["mAP"]:.2f} (flare '
