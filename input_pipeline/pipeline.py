@@ -310,9 +310,8 @@ def _eval_source(records: Sequence[Record], data_config, batch_size: int, proces
       for m, x in zip(MODALITIES, images):
         batch[m][row] = x
       batch['flare'][row] = flare
-    if n:
-      for k, v in _meta(records, indices).items():
-        batch[k][:n] = v
+    for k, v in _meta(records, indices).items():
+      batch[k][:n] = v
     batch['mask'][:n] = True
     batch['index'][:n] = indices
     return batch
