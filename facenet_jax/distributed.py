@@ -63,9 +63,11 @@ def cluster_parameters(train_config: ml_collections.ConfigDict,
 def initialize(train_config: ml_collections.ConfigDict) -> bool:
   """Start `jax.distributed` when `config.train.distributed`; True if this run is multi-process.
 
-  Must run before anything touches a JAX device. Idempotent. Failure to reach the coordinator or
-  a peer within `train.distributed_timeout_s` raises `DistributedInitError` naming the address
-  and the config fields, instead of waiting forever.
+  Must run before anything touches a JAX device. Idempotent. Bad parameters raise
+  `DistributedInitError` naming the address and the config fields. A coordinator or peer that
+  does not come up within `train.distributed_timeout_s` makes JAX abort the process from C++
+  ("another task died"), which Python cannot catch; the warning logged just before names the
+  cluster it waited for, so nothing waits forever and the log says why.
   """
   if not train_config.distributed:
     return False
