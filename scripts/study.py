@@ -67,11 +67,12 @@ def main(argv):
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     jax.config.update('jax_compilation_cache_dir', os.path.join(_OUT.value, '.jax_cache'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  num_ids_per_batch, num_instances = _pair(_BATCH.value, 'batch')
   settings = study.StudySettings(
       num_ids=_NUM_IDS.value, triplets_per_id=_TRIPLETS.value, flare_fraction=_FLARE.value,
       data_seed=_DATA_SEED.value, image_size=_pair(_IMAGE_SIZE.value, 'image_size'),
-      depth=_DEPTH.value, num_ids_per_batch=_pair(_BATCH.value, 'batch')[0],
-      num_instances=_pair(_BATCH.value, 'batch')[1], num_epochs=_EPOCHS.value,
+      depth=_DEPTH.value, num_ids_per_batch=num_ids_per_batch,
+      num_instances=num_instances, num_epochs=_EPOCHS.value,
       base_lr=_LR.value, max_steps=_MAX_STEPS.value)
   try:
     rows = study.expand_rows(_ROWS.value)
