@@ -4,7 +4,7 @@ Mirrors the JAX model layer by layer so both do the same work on the same shapes
   * three ResNet v1.5 streams (torchvision layout: 7x7/2 stem, max-pool, layer1..4, stride on the
     bottleneck's 3x3, projection shortcut only when stride or width change, `last_stride`),
     written here because torchvision is not a dependency;
-  * MFMP after layer `plugin_layer` (`facenet_jax/models/modules.py`): FMI conv stack 3x3, 1x1,
+  * MFMP after layer `plugin_layer` (`facenet_jax/models/mfmp.py`): FMI conv stack 3x3, 1x1,
     3x3, 3x3 with BN + ReLU, SE channel attention (biased 1x1 convs), f_C = att * f_C' + f_C';
     per modality the bias-free 1x1 projections, M_com = sigmoid(q * k), A = M_com f_S + f_S,
     m = f_S A + f_S standardised by an affine-free BN in float32, mask = sigmoid((m - Delta) / T),
@@ -223,8 +223,8 @@ def total_loss(outputs, pid, flare, margin: float = 0.3):
 
 
 def build_torch_model(model_config: Any, num_classes: int) -> TorchFACENet:
-  """The torch mirror of `facenet.build_model(config.model, num_classes)` (default switches)."""
-  unsupported = {'backbone': 'resnet', 'mfmp': True, 'fmi': True, 'fce': True,
+  """The torch mirror of `models.build_model(config.model, num_classes)` (default switches)."""
+  unsupported = {'name': 'facenet', 'mfmp': True, 'fmi': True, 'fce': True,
                  'mask_estimator': 'sigmoid', 'flare_head_input': 'mask',
                  'bug_rgb_uses_ni_mask': False, 'bug_batch_level_gating': False,
                  'bug_dead_threshold': False}

@@ -7,9 +7,73 @@ Every experiment config starts from this one and overrides a few fields. Run wit
 
 Groups: data, model, loss, optim, train, eval. Derived values (steps per epoch, number of
 classes) are computed at run time and logged, never stored here.
+
+`config.model` depends on the model (`model_config(name)`): `name` (the registry key of
+facenet_jax/models), `pretrained_path`, and exactly the fields of that model's Flax module, which
+checks them (tests/test_config.py keeps the two in step).
 """
 
 import ml_collections
+
+
+def _facenet_model() -> ml_collections.ConfigDict:
+  """The paper's FACENet: three ResNet streams (`facenet_jax.models.facenet.FACENet`)."""
+  model = ml_collections.ConfigDict()
+  model.name = 'facenet'
+  model.pretrained_path = ''        # converted ImageNet weights for all three streams ('' = random init)
+  model.depth = 50                  # ResNet depth: 18 | 34 | 50 | 101
+  model.last_stride = 1             # stride of the last ResNet stage (re-id uses 1)
+  model.plugin_layer = 4            # ResNet stage after which MFMP/FCE act (paper Table 4: 1..4)
+  model.fmi_hidden_ratio = 0.25     # FMI conv-stack width as a fraction of C (paper silent)
+  model.fmi_attention_ratio = 0.0625  # FMI SE-attention bottleneck as a fraction of C (paper silent; SE-Net 1/16)
+  _flare_switches(model)
+  return model
+
+
+def _facenet_vit_model() -> ml_collections.ConfigDict:
+  """The official code's FACENet: three ViT-B/16 streams (`FACENetViT`); defaults are ViT-B/16."""
+  model = ml_collections.ConfigDict()
+  model.name = 'facenet_vit'
+  model.pretrained_path = ''        # ViT weights (timm .pth or JAX .npz) for streams and heads
+  model.patch_size = 16             # patch side and stride (non-overlapping patches)
+  model.embed_dim = 768             # token width D
+  model.depth = 12                  # blocks; streams run blocks 0..depth-2, heads copy the last one
+  model.num_heads = 12              # self-attention heads per block
+  model.mlp_ratio = 4.0             # MLP hidden width as a multiple of D
+  model.drop_path = 0.1             # stochastic depth of the last block (linear from 0 over depth)
+  model.cross_attention_heads = 16  # MFMP cross-attention heads (official code: 16)
+  model.cross_attention_dim_head = 768  # width per cross-attention head (official: 768, inner 12288)
+  model.cross_attention_split = 'official'  # 'official' row-major reshape (windowed) | 'standard'
+  model.cross_attention_dropout = 0.5  # dropout on the cross-attention output (official: 0.5)
+  _flare_switches(model)
+  return model
+
+
+def _flare_switches(model: ml_collections.ConfigDict) -> None:
+  """Fields both FACENet variants have."""
+  model.dtype = 'float32'           # computation dtype: 'float32' | 'bfloat16' (params stay float32)
+  model.mfmp = True                 # Mutual Flare Mask Prediction (SMP + FMI), paper Sec. 3.2
+  model.fmi = True                  # FMI on: masks from the joint RGB+NI feature; off: SMP per modality
+  model.fce = True                  # Flare-aware Cross-modal Enhancement, Eq. 7
+  model.flare_head_input = 'mask'   # SMP flare classifier reads GAP of the mask M_S ('mask') or of m_S ('mask_logits')
+  model.mask_estimator = 'sigmoid'  # how Delta gets a gradient: 'sigmoid' relaxation | 'straight_through'
+  model.mask_temperature = 1.0      # temperature of the relaxed mask sigmoid((m - Delta) / T)
+  model.test_time_fce = True        # apply FCE at test time, gated by each sample's own pseudo-label
+  model.neck_feat = 'before'        # test embedding from features 'before' or 'after' the BNNeck
+  # Official-code bugs, reproduced only when switched on explicitly.
+  model.bug_rgb_uses_ni_mask = False   # RGB keeps f_R * (1 - M_N) instead of (1 - M_R)
+  model.bug_batch_level_gating = False # enhance the whole batch when any sample is flared
+  model.bug_dead_threshold = False     # hard mask 1[m > 0]: Delta never learns
+
+
+MODEL_CONFIGS = {'facenet': _facenet_model, 'facenet_vit': _facenet_vit_model}
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+  """A fresh `config.model` group for the registered model `name`."""
+  if name not in MODEL_CONFIGS:
+    raise ValueError(f'No model config for {name!r}; known: {sorted(MODEL_CONFIGS)}')
+  return MODEL_CONFIGS[name]()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -41,38 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.seed = 0                     # sampler / augmentation seed (the model seed is train.seed)
 
   # ---------------------------------------------------------------- model
-  model = config.model = ml_collections.ConfigDict()
-  model.backbone = 'resnet'         # 'resnet' (paper) | 'vit_b16' (official code)
-  model.depth = 50                  # ResNet depth: 18 | 34 | 50 | 101
-  model.last_stride = 1             # stride of the last ResNet stage (re-id uses 1)
-  model.dtype = 'float32'           # computation dtype: 'float32' | 'bfloat16' (params stay float32)
-  model.pretrained_path = ''        # converted ImageNet weights for all three streams ('' = random init)
-  model.mfmp = True                 # Mutual Flare Mask Prediction (SMP + FMI), paper Sec. 3.2
-  model.fmi = True                  # FMI on: masks from the joint RGB+NI feature; off: SMP per modality
-  model.fce = True                  # Flare-aware Cross-modal Enhancement, Eq. 7
-  model.plugin_layer = 4            # ResNet stage after which MFMP/FCE act (paper Table 4: 1..4)
-  model.fmi_hidden_ratio = 0.25     # FMI conv-stack width as a fraction of C (paper silent)
-  model.fmi_attention_ratio = 0.0625  # FMI SE-attention bottleneck as a fraction of C (paper silent; SE-Net 1/16)
-  model.flare_head_input = 'mask'   # SMP flare classifier reads GAP of the mask M_S ('mask') or of m_S ('mask_logits')
-  model.mask_estimator = 'sigmoid'  # how Delta gets a gradient: 'sigmoid' relaxation | 'straight_through'
-  model.mask_temperature = 1.0      # temperature of the relaxed mask sigmoid((m - Delta) / T)
-  model.test_time_fce = True        # apply FCE at test time, gated by each sample's own pseudo-label
-  model.neck_feat = 'before'        # test embedding from features 'before' or 'after' the BNNeck
-  # ViT-B/16 streams (backbone 'vit_b16', the official code's model); defaults are ViT-B/16.
-  model.vit_patch_size = 16         # patch side and stride (non-overlapping patches)
-  model.vit_embed_dim = 768         # token width D
-  model.vit_depth = 12              # blocks; streams run blocks 0..depth-2, heads copy the last one
-  model.vit_num_heads = 12          # self-attention heads per block
-  model.vit_mlp_ratio = 4.0         # MLP hidden width as a multiple of D
-  model.vit_drop_path = 0.1         # stochastic depth of the last block (linear from 0 over depth)
-  model.cross_attention_heads = 16  # MFMP cross-attention heads (official code: 16)
-  model.cross_attention_dim_head = 768  # width per cross-attention head (official: 768, inner 12288)
-  model.cross_attention_split = 'official'  # 'official' row-major reshape (windowed) | 'standard'
-  model.cross_attention_dropout = 0.5  # dropout on the cross-attention output (official: 0.5)
-  # Official-code bugs, reproduced only when switched on explicitly.
-  model.bug_rgb_uses_ni_mask = False   # RGB keeps f_R * (1 - M_N) instead of (1 - M_R)
-  model.bug_batch_level_gating = False # enhance the whole batch when any sample is flared
-  model.bug_dead_threshold = False     # hard mask 1[m > 0]: Delta never learns
+  config.model = model_config('facenet')
 
   # ---------------------------------------------------------------- loss
   loss = config.loss = ml_collections.ConfigDict()

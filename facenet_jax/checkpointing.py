@@ -51,12 +51,14 @@ class Checkpointer:
     self.best = _manager(workdir / 'best', 1)
 
   # -------------------------------------------------------------- saving
-  def save(self, state: TrainState, meta: dict[str, Any]) -> None:
+  def save(self, state: TrainState, meta: dict[str, Any]) -> bool:
+    """Save a step checkpoint; False when this step is saved already."""
     step = int(jax.device_get(state.step))
     if step in self.steps.all_steps():
-      return
+      return False
     self.steps.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    return True
 
   def save_best(self, state: TrainState, meta: dict[str, Any]) -> None:
     step = int(jax.device_get(state.step))
@@ -88,6 +90,31 @@ class Checkpointer:
     Raises `CheckpointError` listing the differing parameters when the checkpoint was written by a
     different model (another depth, switch or number of classes).
     """
+    manager, step = self._resolve(step, best)
+    self._check_compatible(manager, step, target)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored['state'], restored['meta']
+
+  def restore_variables(self, target: dict[str, Any], step: int | None = None,
+                        best: bool = False) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """Only `{'params', 'batch_stats'}` of a checkpoint (what evaluation needs): the optimiser
+    state is neither built nor read. Returns (variables, step, meta)."""
+    manager, step = self._resolve(step, best)
+    self._check_compatible(manager, step, target)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    # The state item is a PyTree checkpoint; a partial restore reads just these subtrees.
+    with ocp.PyTreeCheckpointer() as reader:
+      variables = reader.restore(
+          pathlib.Path(manager.directory) / str(step) / 'state',
+          args=ocp.args.PyTreeRestore(
+              item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+              partial_restore=True))
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    return {k: variables[k] for k in target}, step, meta
+
+  def _resolve(self, step: int | None, best: bool) -> tuple[ocp.CheckpointManager, int]:
     manager = self.best if best else self.steps
     if step is None:
       step = self.best_step() if best else manager.latest_step()
@@ -95,16 +122,16 @@ class Checkpointer:
       raise CheckpointError(
           f'No checkpoint{" at step " + str(step) if step is not None else ""} in '
           f'{manager.directory}; available steps: {list(manager.all_steps())}')
-    self._check_compatible(manager, step, target)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return restored['state'], restored['meta']
+    return manager, step
 
   @staticmethod
-  def _check_compatible(manager: ocp.CheckpointManager, step: int, target: TrainState) -> None:
+  def _check_compatible(manager: ocp.CheckpointManager, step: int, target: Any) -> None:
+    """Raise `CheckpointError` unless the checkpoint has `target`'s leaves with its shapes
+    (for a dict target such as `{'params', 'batch_stats'}`, only those subtrees are compared)."""
     saved = manager.item_metadata(step)['state']
     saved_shapes = {k: tuple(v.shape) for k, v in _flat_metadata(saved).items()}
+    if isinstance(target, dict):
+      saved_shapes = {k: v for k, v in saved_shapes.items() if k.split('/')[0] in target}
     expected = _flat_shapes(target)
     # Parameters first: they say what differs; optimiser slots only repeat it.
     order = lambda k: (not k.startswith('params/'), k)

@@ -1,30 +1,26 @@
-"""FACENet training losses: pure, jit-able functions of arrays.
+"""Re-id loss terms: pure, jit-able functions of arrays.
 
 Every function casts its inputs to float32 first, so bfloat16 model outputs are reduced in float32.
 Batches are P x K (P identities, K rows each), but no function here relies on that: identity
 structure is always read from `labels` through masks, so uneven or shuffled batches work too.
 
 Paper terms (Sec. 3): per-branch identity CE (Eq. 9) and batch-hard triplet (Eq. 11), the flare
-loss L_f (Eq. 1), the Inter-modality Consistency loss L_IC (Eq. 8), their sum (Eq. 13). The
-official code's variants (soft-margin triplet, KL flare-head term, "MC" loss with the TI-NI term)
-and the Table 5 relation losses (3M, CdC, HC) are selected by `config.loss` fields in
-`total_loss`.
+loss L_f (Eq. 1) and the Inter-modality Consistency loss L_IC (Eq. 8); the official code's
+variants (soft-margin triplet, KL flare-head term, "MC" loss with the TI-NI term) and the Table 5
+relation losses (3M, CdC, HC). Each model's loss bundle (e.g. `facenet_loss_bundle` in
+facenet_jax/models/facenet.py) picks and weights them from `config.loss`.
 """
-
-from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from facenet_jax.linalg import l2_normalize, safe_norm
 
-MODALITIES = ('rgb', 'ni', 'ti')
+Array = jax.Array
 
 # The official triplet code clamps squared distances here before the square root. It also keeps
 # the gradient of sqrt finite when two features coincide (the clamp cuts the gradient there).
 SQUARED_DISTANCE_FLOOR = 1e-12
-# L2 normalisation x / (||x|| + eps), as the official `normalize` helper.
-NORMALIZE_EPS = 1e-12
 
 # Table 5 relation losses: margins of the losses they come from.
 THREE_M_MARGIN = 3.0   # 3M loss [28] as the official code instantiates it (margin 3, squared L2)
@@ -88,19 +84,6 @@ def top1_accuracy(logits: Array, labels: Array) -> Array:
 
 
 # ------------------------------------------------------------------------------ triplet
-
-
-def _safe_norm(x: Array, axis: int = -1, keepdims: bool = False) -> Array:
-  """L2 norm whose gradient stays finite at x = 0 (jnp.linalg.norm's is NaN there).
-
-  Equal to the plain norm whenever the squared norm exceeds 1e-30.
-  """
-  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=keepdims), 1e-30))
-
-
-def l2_normalize(x: Array) -> Array:
-  """Rows of x [B, D] divided by (their L2 norm + 1e-12), as the official helper."""
-  return x / (_safe_norm(x, keepdims=True) + NORMALIZE_EPS)
 
 
 def pairwise_euclidean_distance(x: Array) -> Array:
@@ -299,8 +282,8 @@ def _squared_distance(a: Array, b: Array) -> Array:
 
 def _cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
   """Row-wise cosine similarity, norms clamped at eps as torch; [B, D] x2 -> [B]."""
-  norm_a = jnp.maximum(_safe_norm(a), eps)
-  norm_b = jnp.maximum(_safe_norm(b), eps)
+  norm_a = jnp.maximum(safe_norm(a), eps)
+  norm_b = jnp.maximum(safe_norm(b), eps)
   return jnp.sum(a * b, axis=-1) / (norm_a * norm_b)
 
 
@@ -418,117 +401,3 @@ def hetero_center_loss(features_a: Array, features_b: Array, labels: Array,
   else:
     raise ValueError(f"loss.hc_distance must be 'l2' or 'cos', got {distance!r}")
   return jnp.sum(per_row / counts)
-
-
-# ------------------------------------------------------------------------------ total
-
-FLARE_LOSSES = ('bce', 'official_kl')
-IC_VARIANTS = ('paper', 'official')
-RELATIONS = ('none', '3m', 'cdc', 'hc')
-
-
-def _check_choice(value: str, choices: tuple[str, ...], field: str) -> None:
-  if value not in choices:
-    raise ValueError(f'{field} must be one of {choices}, got {value!r}')
-
-
-def _require(mapping: Mapping[str, Any], key: str, where: str, why: str) -> Any:
-  if key not in mapping:
-    raise KeyError(f"{where} has no '{key}' ({why}); it has {sorted(mapping)}")
-  return mapping[key]
-
-
-def total_loss(outputs: Mapping[str, Any], batch: Mapping[str, Array], loss_config: Any,
-               model_config: Any) -> tuple[Array, dict[str, Array]]:
-  """The training objective (Eq. 13, with the weights and variants of `config.loss`).
-
-    total = sum_{s in rgb, ni, ti} (id_weight * CE_s + triplet_weight * Tri_s)
-            + flare_weight * L_f        if model.mfmp
-            + ic_weight * L_IC          if loss.ic
-            + relation_weight * L_rel   if loss.relation != 'none'
-
-  Args:
-    outputs: the model's dict: 'features' {rgb, ni, ti}: [B, D] pre-BNNeck features (the triplet
-      input, as the official code); 'logits' {rgb, ni, ti}: [B, num_classes]; 'flare_logits'
-      {rgb, ni}: [B, 2] when model.mfmp.
-    batch: 'pid' [B] int training labels; 'flare' [B, 2] int pseudo-labels (column 0 RGB,
-      column 1 NI).
-    loss_config: `config.loss`.
-    model_config: `config.model` (reads `mfmp`).
-
-  Returns:
-    (total, terms): the scalar float32 loss and a flat dict of float32 scalars: the unweighted
-    terms 'id_<s>', 'triplet_<s>', their sums 'id' and 'triplet', 'flare', 'ic' and 'relation'
-    (0 when switched off), 'total' (weighted, equal to the returned loss), the top-1 accuracies
-    'acc_<s>' and, with MFMP, 'flare_acc_rgb', 'flare_acc_ni' and their mean 'flare_acc'
-    against the pseudo-label.
-  """
-  _check_choice(loss_config.flare_loss, FLARE_LOSSES, 'loss.flare_loss')
-  _check_choice(loss_config.ic_variant, IC_VARIANTS, 'loss.ic_variant')
-  _check_choice(loss_config.relation, RELATIONS, 'loss.relation')
-  labels = _require(batch, 'pid', 'batch', 'identity labels')
-  features = _require(outputs, 'features', 'model outputs', 'pre-BNNeck features')
-  logits = _require(outputs, 'logits', 'model outputs', 'identity logits')
-  margin = None if loss_config.triplet_soft_margin else loss_config.triplet_margin
-
-  terms: dict[str, Array] = {}
-  id_sum = jnp.zeros((), jnp.float32)
-  triplet_sum = jnp.zeros((), jnp.float32)
-  for s in MODALITIES:
-    s_logits = _require(logits, s, "model outputs['logits']", 'identity logits')
-    s_features = _require(features, s, "model outputs['features']", 'pre-BNNeck features')
-    terms[f'id_{s}'] = cross_entropy_loss(s_logits, labels, loss_config.label_smoothing)
-    terms[f'triplet_{s}'] = batch_hard_triplet_loss(
-        s_features, labels, margin, normalize=loss_config.triplet_normalize)
-    terms[f'acc_{s}'] = top1_accuracy(s_logits, labels)
-    id_sum = id_sum + terms[f'id_{s}']
-    triplet_sum = triplet_sum + terms[f'triplet_{s}']
-  terms['id'] = id_sum
-  terms['triplet'] = triplet_sum
-  total = loss_config.id_weight * id_sum + loss_config.triplet_weight * triplet_sum
-
-  flare = jnp.zeros((), jnp.float32)
-  if model_config.mfmp:
-    flare_logits = _require(outputs, 'flare_logits', 'model outputs', 'model.mfmp is on')
-    rgb_flare = _require(flare_logits, 'rgb', "model outputs['flare_logits']", 'RGB flare head')
-    ni_flare = _require(flare_logits, 'ni', "model outputs['flare_logits']", 'NI flare head')
-    flare_labels = _require(batch, 'flare', 'batch', 'flare pseudo-labels').astype(jnp.int32)
-    if flare_labels.ndim != 2 or flare_labels.shape[1] != 2:
-      raise ValueError(
-          f"batch['flare'] must have shape [B, 2], got {tuple(flare_labels.shape)}")
-    if loss_config.flare_loss == 'bce':
-      # Eq. 1 on each flare-susceptible modality with its own pseudo-label, summed.
-      flare = (flare_loss(rgb_flare, flare_labels[:, 0]) +
-               flare_loss(ni_flare, flare_labels[:, 1]))
-    else:
-      flare = official_flare_loss(rgb_flare, ni_flare)
-    terms['flare_acc_rgb'] = top1_accuracy(rgb_flare, flare_labels[:, 0])
-    terms['flare_acc_ni'] = top1_accuracy(ni_flare, flare_labels[:, 1])
-    terms['flare_acc'] = 0.5 * (terms['flare_acc_rgb'] + terms['flare_acc_ni'])
-    total = total + loss_config.flare_weight * flare
-  terms['flare'] = flare
-
-  ic = jnp.zeros((), jnp.float32)
-  if loss_config.ic:
-    if loss_config.ic_variant == 'paper':
-      ic = ic_loss(logits['rgb'], logits['ni'])
-    else:
-      ic = official_ic_loss(logits['rgb'], logits['ni'], logits['ti'])
-    total = total + loss_config.ic_weight * ic
-  terms['ic'] = ic
-
-  relation = jnp.zeros((), jnp.float32)
-  if loss_config.relation == '3m':
-    relation = three_m_loss(features['rgb'], features['ni'], features['ti'], labels)
-  elif loss_config.relation == 'cdc':
-    relation = cdc_loss(features['rgb'], features['ni'], features['ti'], labels)
-  elif loss_config.relation == 'hc':
-    relation = hetero_center_loss(features['rgb'], features['ni'], labels,
-                                  distance=loss_config.hc_distance)
-  if loss_config.relation != 'none':
-    total = total + loss_config.relation_weight * relation
-  terms['relation'] = relation
-
-  total = total.astype(jnp.float32)
-  terms['total'] = total
-  return total, terms

@@ -1,6 +1,6 @@
 """ImageNet ResNet (and ViT-B/16) weights for the three FACENet streams.
 
-ViT weights (`config.model.backbone='vit_b16'`): see the "ViT-B/16" section at the end.
+ViT weights (`config.model.name='facenet_vit'`): see the "ViT-B/16" section at the end.
 
 Formats read by `load_pretrained_backbone(path, depth)`:
   * `.pth` / `.pt`   a torchvision-layout state dict saved by torch (needs torch, imported lazily);
@@ -182,13 +182,13 @@ def load_pretrained_backbone(path: str, depth: int,
                              backbone: str = 'resnet') -> dict[str, dict[str, Any]]:
   """`{'params', 'batch_stats'}` of `ResNet(depth)` (float32 numpy) from any supported file.
 
-  `backbone='vit_b16'` (`config.model.backbone`) reads ViT weights instead (`load_pretrained_vit`:
+  `backbone='vit_b16'` (`convert_weights.py --backbone`) reads ViT weights instead (`load_pretrained_vit`:
   `{'params': full ViT tree}`; `depth` is then unused).
   """
   if backbone == VIT_BACKBONE:
     return load_pretrained_vit(path)
   if backbone != 'resnet':
-    raise ValueError(f"config.model.backbone={backbone!r} must be 'resnet' or {VIT_BACKBONE!r}")
+    raise ValueError(f"backbone={backbone!r} must be 'resnet' or {VIT_BACKBONE!r}")
   arrays = read_weights(path)
   if not _is_flax_layout(arrays):
     return convert_torchvision_resnet(arrays, depth, source=path)
@@ -443,7 +443,7 @@ def init_vit_streams_from_pretrained(variables: Mapping[str, Any], vit_params: M
   ckpt_depth = sum(k.startswith('block_') for k in vit_params)
   if ckpt_depth != model_depth:
     raise ValueError(f'the pretrained ViT has {ckpt_depth} blocks but the model has '
-                     f'config.model.vit_depth={model_depth}')
+                     f'config.model.depth={model_depth}')
   patch = int(np.shape(first['patch_embed']['kernel'])[0])
   grid = vit.grid_size(tuple(image_size), patch)
   as_jnp = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)

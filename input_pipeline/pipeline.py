@@ -44,7 +44,7 @@ except (RuntimeError, ValueError):
   pass
 
 Record = records_lib.Record
-MODALITIES = ('rgb', 'ni', 'ti')
+MODALITIES = records_lib.MODALITIES
 TFDS_PREFIX = 'tfds://'
 
 # A loader returns the decoded uint8 (rgb, ni, ti) at original resolution and, when the source

@@ -33,6 +33,8 @@ from PIL import Image
 
 DATASETS = ('wmveid863', 'rgbnt100', 'msvr310', 'synthetic')
 SPLITS = ('train', 'query', 'gallery')
+# The spectra of an aligned triplet, in batch and model order; the one definition of these names.
+MODALITIES = ('rgb', 'ni', 'ti')
 MODALITY_DIRS = ('vis', 'ni', 'th')          # RGB, NI, TI folders (WMVeID863 and MSVR310)
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 MONTAGE_TILE = (128, 256)                    # (H, W) of one RGBNT100 tile

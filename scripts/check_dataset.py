@@ -12,12 +12,9 @@ With --prepare_tfds a clean tree is then prepared into TFDS shards (offline).
 """
 
 import collections
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 import numpy as np
 
@@ -93,7 +90,7 @@ def main(argv):
     return 1
   print('no problems found')
   if _PREPARE_TFDS.value:
-    from input_pipeline import tfds_builders  # pylint: disable=g-import-not-at-top
+    from input_pipeline import tfds_builders
     builder = tfds_builders.prepare(_DATASET.value, _ROOT.value, _TFDS_DATA_DIR.value or None)
     print(f'prepared TFDS dataset {builder.name} in {builder.data_dir}')
   return 0

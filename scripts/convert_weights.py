@@ -18,9 +18,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from facenet_jax import pretrained  # pylint: disable=g-import-not-at-top
+from facenet_jax import pretrained
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 r"""The whole job on built-in synthetic data: generate, train, evaluate the best checkpoint.
 
-    python scripts/demo.py --data_dir data/synthetic --workdir runs/demo
+    python scripts/demo.py --data_dir data/synthetic --workdir runs/demo [--verbose]
 
 (`make demo` runs exactly this.) The dataset is generated when `--data_dir` holds none; the run
 resumes when `--workdir` already has checkpoints. Prints the test metrics of the best-by-validation
@@ -8,16 +8,12 @@ checkpoint next to the chance level of the same gallery, and the paths of the pi
 """
 
 import os
-import sys
 import time
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
 
 from absl import app
 from absl import flags
-from absl import logging
+
+from facenet_jax import cli
 
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data/synthetic', 'Synthetic dataset folder.')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Training workdir.')
@@ -29,12 +25,12 @@ _NUM_EPOCHS = flags.DEFINE_integer('num_epochs', None, 'Override config.train.nu
 def chance_metrics(query, gallery, config, num_draws: int = 20):
   """mAP / R-1 of random rankings of this gallery (mean over seeded random distance matrices)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from facenet_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from facenet_jax.eval import metrics  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   labels = lambda recs, f: np.asarray([getattr(r, f) for r in recs])
   maps, r1s = [], []
   for _ in range(num_draws):
-    result = evaluation.rank_metrics(
+    result = metrics.rank_metrics(
         rng.random((len(query), len(gallery)), dtype=np.float32), labels(query, 'pid'),
         labels(gallery, 'pid'), labels(query, 'camid'), labels(gallery, 'camid'),
         max_rank=config.eval.max_rank)
@@ -46,8 +42,10 @@ def chance_metrics(query, gallery, config, num_draws: int = 20):
 def main(argv):
   del argv
   from configs import synthetic  # pylint: disable=g-import-not-at-top
-  from facenet_jax import report  # pylint: disable=g-import-not-at-top
+  from facenet_jax import console  # pylint: disable=g-import-not-at-top
+  from facenet_jax import experiment  # pylint: disable=g-import-not-at-top
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
+  from facenet_jax.eval import report  # pylint: disable=g-import-not-at-top
   from input_pipeline import synthetic as synthetic_data  # pylint: disable=g-import-not-at-top
 
   start = time.time()
@@ -56,29 +54,29 @@ def main(argv):
   if _NUM_EPOCHS.value:
     config.train.num_epochs = _NUM_EPOCHS.value
   if not os.path.isdir(os.path.join(_DATA_DIR.value, 'train')):
-    logging.info('Generating the synthetic dataset in %s', _DATA_DIR.value)
-    print(f'Generating the synthetic flare dataset in {_DATA_DIR.value} ...', flush=True)
+    console.say(f'Generating the synthetic flare dataset in {_DATA_DIR.value} ...')
     synthetic_data.generate_synthetic_dataset(
         _DATA_DIR.value, num_ids=_NUM_IDS.value, triplets_per_id=_TRIPLETS_PER_ID.value,
         image_size=tuple(config.data.image_size), seed=0)
-  print(f'Training configs/synthetic.py in {_WORKDIR.value} ...', flush=True)
-  train.train_and_evaluate(config, _WORKDIR.value)
+  console.say(f'Training configs/synthetic.py in {_WORKDIR.value} ...')
+  exp = experiment.build_experiment(config)
+  train.train_and_evaluate(config, _WORKDIR.value, exp=exp)
   train_time = time.time() - start
 
-  result = report.evaluate_checkpoint(config, _WORKDIR.value, best=True)
-  exp = train.build_experiment(config)
+  result = report.evaluate_checkpoint(config, _WORKDIR.value, best=True, exp=exp)
   chance_map, chance_r1 = chance_metrics(exp.query, exp.gallery, config)
-  print()
-  print(report.format_metric_table(
-      result['metrics'], f'Synthetic test split, best-by-validation checkpoint (step {result["step"]})'))
-  print(f'Chance on this gallery ({len(exp.query)} queries x {len(exp.gallery)} gallery): '
-        f'mAP {100 * chance_map:.2f}, R-1 {100 * chance_r1:.2f}')
-  print(f'Wall time: {train_time / 60:.1f} min training (incl. data generation), '
-        f'{(time.time() - start) / 60:.1f} min in all')
-  print('Pictures and metrics:')
+  console.say()
+  console.say(console.format_metric_table(
+      {'test': result['metrics']},
+      f'Synthetic test split, best-by-validation checkpoint (step {result["step"]}), percent'))
+  console.say(f'Chance on this gallery ({len(exp.query)} queries x {len(exp.gallery)} gallery): '
+              f'mAP {100 * chance_map:.2f}, R-1 {100 * chance_r1:.2f}')
+  console.say(f'Wall time: {train_time / 60:.1f} min training (incl. data generation), '
+              f'{(time.time() - start) / 60:.1f} min in all')
+  console.say('Pictures and metrics:')
   for name, path in result['files'].items():
-    print(f'  {name:>12}: {path}')
+    console.say(f'  {name:>12}: {path}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

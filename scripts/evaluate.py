@@ -1,18 +1,13 @@
-r"""Evaluate a FACENet checkpoint: metric table, JSON and pictures (CMC, rank list, flare masks).
+r"""Evaluate a checkpoint: metric table, JSON and pictures (CMC, rank list, flare masks).
 
     python scripts/evaluate.py --config configs/wmveid863.py --workdir runs/wmveid863 --best \
-        [--step N] [--export_features] [--out DIR]
+        [--step N] [--export_features] [--out DIR] [--verbose]
 
-Every query and gallery image is embedded exactly once. Writes `metrics.json`, `cmc.png`,
-`rank_list.png`, `flare_masks.png` (and `*_features.npy` with pids/camids/scenes when asked) to
-`--out` (default `<workdir>/eval_<best|step>_<step>`).
+Every query and gallery image is embedded exactly once; only the model's variables are read from
+the checkpoint. Writes `metrics.json`, `cmc.png`, `rank_list.png`, `flare_masks.png` (and
+`*_features.npy` with pids/camids/scenes when asked) to `--out` (default
+`<workdir>/eval_<best|step>_<step>`).
 """
-
-import os
-import sys
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app
 from absl import flags
@@ -35,13 +30,14 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _BEST.value and _STEP.value is not None:
     raise app.UsageError('Pass either --best or --step, not both.')
-  from facenet_jax import report  # pylint: disable=g-import-not-at-top
+  from facenet_jax import console  # pylint: disable=g-import-not-at-top
+  from facenet_jax.eval import report  # pylint: disable=g-import-not-at-top
   result = report.evaluate_checkpoint(
       _CONFIG.value, _WORKDIR.value, step=_STEP.value, best=_BEST.value, out_dir=_OUT.value,
       export_features=_EXPORT.value)
-  title = f'{_CONFIG.value.data.dataset}, {"best" if _BEST.value else "step"} checkpoint ' \
-          f'(step {result["step"]})'
-  print(report.format_metric_table(result['metrics'], title))
+  title = (f'{_CONFIG.value.data.dataset} test split, {"best" if _BEST.value else "step"} '
+           f'checkpoint (step {result["step"]}), percent')
+  print(console.format_metric_table({'test': result['metrics']}, title))
   for name, path in result['files'].items():
     print(f'{name:>16}: {path}')
 

@@ -7,12 +7,7 @@ Images go to OUT/{train,query,test}/<pid>/{vis,ni,th}/, the true glare masks to 
 Read it with --config.data.dataset=synthetic --config.data.root=OUT.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 
 from input_pipeline import records

@@ -1,21 +1,14 @@
-r"""Train (and periodically evaluate) FACENet.
+r"""Train (and periodically evaluate) a registered model; FACENet by default.
 
     python scripts/train.py --config configs/wmveid863.py --workdir runs/wmveid863 \
-        [--config.data.root=/data/WMVeID863] [--config.optim.base_lr=3.5e-4 ...]
+        [--config.data.root=/data/WMVeID863] [--config.optim.base_lr=3.5e-4 ...] [--verbose]
 
-Re-running the same command resumes from the latest checkpoint in --workdir.
+Re-running the same command resumes from the latest checkpoint in --workdir. The resolved config
+is written to <workdir>/config.json; `--dry_run` prints it and exits.
 """
-
-import os
-import sys
-
-# Hide accelerators from TensorFlow (tf.data only) before anything imports it.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from facenet_jax import cli
@@ -31,13 +24,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  print(config, flush=True)
   if _DRY_RUN.value:
+    print(config, flush=True)
     return
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required unless --dry_run is given.')
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
-  logging.info('Training in %s', _WORKDIR.value)
   train.train_and_evaluate(config, _WORKDIR.value)
 
 

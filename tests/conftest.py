@@ -22,13 +22,10 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import pathlib
-import sys
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-  sys.path.insert(0, str(REPO_ROOT))
 
 
 @pytest.fixture(scope='session')
@@ -48,7 +45,7 @@ def tiny_synthetic_root(tmp_path_factory) -> str:
 
 # The longest test files start first, so that with two xdist workers (`--dist loadfile`) the
 # short files fill the gaps at the end instead of one long file running alone after the rest.
-LONGEST_FIRST = ('test_multihost.py', 'test_train_driver.py', 'test_study.py',
+LONGEST_FIRST = ('test_multihost.py', 'test_train_driver.py', 'test_flare_study.py',
                  'test_train_step.py', 'test_benchmark.py', 'test_vit.py', 'test_facenet.py')
 
 

@@ -1,4 +1,4 @@
-"""Analytic FLOP count (facenet_jax/flops.py) and a smoke run of `scripts/benchmark.py train`."""
+"""Analytic FLOP count (benchmarks/flops.py) and a smoke run of `python -m benchmarks.benchmark train`."""
 
 import os
 import re
@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks import flops
 from configs import default
-from facenet_jax import flops
-from facenet_jax.models import facenet
+from facenet_jax import models
 from facenet_jax.models import resnet
 from tests.tiny import subprocess_env
 
@@ -86,8 +86,8 @@ def test_resnet_count_agrees_with_xla_cost_analysis():
 def test_facenet_count_agrees_with_xla_cost_analysis():
   cfg = default.get_config().model
   cfg.depth = 18
-  model = facenet.build_model(cfg, 10)
-  variables = jax.eval_shape(lambda: facenet.init_variables(model, jax.random.PRNGKey(0), TINY))
+  model = models.build_model(cfg, 10)
+  variables = jax.eval_shape(lambda: models.init_variables(model, TINY, jax.random.PRNGKey(0)))
   x = jax.ShapeDtypeStruct((2, *TINY, 3), jnp.float32)
   flare = jnp.zeros((2, 2), jnp.int32)
   xla = _xla_forward_flops(lambda v, x: model.apply(v, x, x, x, flare), variables, x)
@@ -108,7 +108,7 @@ FIELDS = ('compile:', 'step time (median of 2):', 'triplets/s', 'images/s',
 def _run_benchmark(repo_root, *extra):
   env = {**subprocess_env(), 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run(
-      [sys.executable, str(repo_root / 'scripts' / 'benchmark.py'), *SMOKE_ARGS, *extra],
+      [sys.executable, '-m', 'benchmarks.benchmark', *SMOKE_ARGS, *extra],
       cwd=repo_root, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   return proc.stdout
@@ -131,7 +131,7 @@ def _check_jax_fields(out):
 def test_train_benchmark_rejects_unknown_override(repo_root):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.run(
-      [sys.executable, str(repo_root / 'scripts' / 'benchmark.py'), *SMOKE_ARGS,
+      [sys.executable, '-m', 'benchmarks.benchmark', *SMOKE_ARGS,
        '--config.model.no_such_field=1'],
       cwd=repo_root, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode != 0

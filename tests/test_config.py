@@ -34,11 +34,34 @@ def test_every_config_has_the_six_groups_and_a_command_in_its_docstring(path):
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.name)
 def test_every_config_keeps_the_default_schema(path):
-  """Experiment configs override values; they never invent or drop fields."""
-  default = _load(CONFIG_DIR / 'default.py')
+  """Experiment configs override values; they never invent or drop fields (the model group is
+  that of its model, `default.model_config(config.model.name)`)."""
+  default = _load_module(CONFIG_DIR / 'default.py')
   config = _load(path)
-  for group in GROUPS:
-    assert set(config[group].keys()) == set(default[group].keys()), group
+  for group in GROUPS - {'model'}:
+    assert set(config[group].keys()) == set(default.get_config()[group].keys()), group
+  assert set(config.model.keys()) == set(default.model_config(config.model.name).keys())
+
+
+@pytest.mark.parametrize('name', ['facenet', 'facenet_vit'])
+def test_a_model_config_group_holds_exactly_its_module_fields(name):
+  """Config fields are module fields: nothing to copy by hand, nothing silently ignored."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from facenet_jax import models  # pylint: disable=g-import-not-at-top
+  from facenet_jax.models import registry  # pylint: disable=g-import-not-at-top
+  group = default.model_config(name)
+  assert group.name == name
+  fields = set(registry.module_fields(models.get_spec(name).module))
+  assert set(group.keys()) - set(registry.BUILD_FIELDS) == fields
+  module = models.build_model(group, num_classes=3)
+  assert all(getattr(module, f) == group[f] for f in fields)
+
+
+def test_official_configs_take_the_paper_model_as_an_argument():
+  official = _load_module(CONFIG_DIR / 'official_wmveid863.py')
+  assert official.get_config().model.name == 'facenet_vit'
+  resnet = official.get_config('facenet')
+  assert resnet.model.name == 'facenet' and resnet.optim.optimizer == 'sgd'
 
 
 def _run_train_script(*args):

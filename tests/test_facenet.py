@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from facenet_jax import models
 from facenet_jax.models import facenet
 
 B, H, W = 4, 32, 16  # small images keep the eager (op-by-op) runs cheap
@@ -33,7 +34,7 @@ def _trace(model, train=True):
   flare = jax.ShapeDtypeStruct((B, 2), jnp.int32)
 
   def run(image, flare):
-    variables = facenet.init_variables(model, jax.random.PRNGKey(0), (H, W), batch_size=B)
+    variables = models.init_variables(model, (H, W), jax.random.PRNGKey(0), batch_size=B)
     kwargs = {'mutable': ['batch_stats']} if train else {}
     out = model.apply(variables, image, image, image, flare, train=train, **kwargs)
     return variables, (out[0] if train else out)
@@ -79,7 +80,7 @@ MASK_SHAPES = {1: (8, 4, 64), 2: (4, 2, 128), 3: (2, 1, 256), 4: (2, 1, 512)}
 
 @pytest.mark.parametrize('mfmp,fmi,fce,plugin_layer,extra', SWITCHES)
 def test_outputs_for_every_switch_combination(mfmp, fmi, fce, plugin_layer, extra):
-  model = facenet.build_model(
+  model = models.build_model(
       _config(mfmp=mfmp, fmi=fmi, fce=fce, plugin_layer=plugin_layer, **extra), NUM_CLASSES)
   variables, out = _trace(model)
   expected = {'features', 'bn_features', 'logits', 'embedding'}
@@ -109,7 +110,7 @@ def test_outputs_for_every_switch_combination(mfmp, fmi, fce, plugin_layer, extr
 
 
 def test_bnneck_has_no_bias_and_the_classifier_none_either():
-  variables, _ = _trace(facenet.build_model(_config(), NUM_CLASSES))
+  variables, _ = _trace(models.build_model(_config(), NUM_CLASSES))
   for s in STREAMS:
     head = variables['params'][f'head_{s}']
     assert set(head) == {'bnneck', 'classifier'}
@@ -122,7 +123,8 @@ def test_bnneck_has_no_bias_and_the_classifier_none_either():
 
 
 @pytest.mark.parametrize('overrides,exc,fields', [
-    ({'backbone': 'densenet'}, ValueError, ['config.model.backbone']),
+    ({'name': 'densenet'}, ValueError, ['config.model.name', "'facenet'"]),
+    ({'vit_depth': 3}, ValueError, ['vit_depth', 'does not have']),
     ({'mfmp': False, 'fce': True}, ValueError, ['config.model.fce', 'config.model.mfmp']),
     ({'depth': 152}, ValueError, ['model.depth']),
     ({'dtype': 'float16'}, ValueError, ['config.model.dtype']),
@@ -135,13 +137,13 @@ def test_bnneck_has_no_bias_and_the_classifier_none_either():
 ])
 def test_bad_model_config_is_rejected_naming_the_fields(overrides, exc, fields):
   with pytest.raises(exc) as e:
-    facenet.build_model(_config(**overrides), NUM_CLASSES)
+    models.build_model(_config(**overrides), NUM_CLASSES)
   for field in fields:
     assert field in str(e.value)
 
 
 @pytest.mark.parametrize('kwargs,field', [
-    ({'mfmp': False, 'fce': True}, 'model.fce=True needs model.mfmp=True'),
+    ({'mfmp': False, 'fce': True}, 'config.model.fce=True needs config.model.mfmp=True'),
     ({'plugin_layer': 0}, 'model.plugin_layer=0'),
     ({'neck_feat': 'bn'}, "model.neck_feat='bn'"),
 ])
@@ -153,14 +155,14 @@ def test_module_built_directly_rejects_bad_fields(kwargs, field):
 
 def test_build_model_rejects_an_empty_label_set():
   with pytest.raises(ValueError, match='num_classes=0'):
-    facenet.build_model(_config(), 0)
+    models.build_model(_config(), 0)
 
 
 # ------------------------------------------------------------------------------ gradients
 
 
 def test_gradients_reach_every_trainable_leaf_and_delta():
-  model = facenet.build_model(_config(), NUM_CLASSES)
+  model = models.build_model(_config(), NUM_CLASSES)
   shapes, _ = _trace(model)
   variables = random_variables(shapes)
   rgb, ni, ti = _inputs(1)
@@ -197,7 +199,7 @@ def test_gradients_reach_every_trainable_leaf_and_delta():
 
 @pytest.fixture(scope='module')
 def eval_setup():
-  model = facenet.build_model(_config(), NUM_CLASSES)
+  model = models.build_model(_config(), NUM_CLASSES)
   shapes, _ = _trace(model)
   variables = random_variables(shapes, seed=2)
   images = _inputs(3, batch=6)  # six distinct triplets
@@ -207,7 +209,7 @@ def eval_setup():
 
 def _embed(config, variables, images, flare, idx):
   idx = np.asarray(idx)
-  model = facenet.build_model(config, NUM_CLASSES)
+  model = models.build_model(config, NUM_CLASSES)
   rgb, ni, ti = (x[idx] for x in images)
   return model.apply(variables, rgb, ni, ti, flare[idx], train=False)
 
@@ -272,7 +274,7 @@ def test_embedding_is_the_normalised_concat_before_or_after_the_bnneck(eval_setu
 
 
 def test_parameter_counts_by_hand_for_resnet18():
-  counts = facenet.parameter_counts(facenet.build_model(_config(), NUM_CLASSES), (H, W))
+  counts = models.parameter_counts(models.build_model(_config(), NUM_CLASSES), (H, W))
   c, hidden, att = 512, 128, 32  # C, fmi_hidden_ratio 0.25 * C, fmi_attention_ratio 1/16 * C
   fmi = (9 * 2 * c * hidden + 2 * hidden          # 3x3 conv 2C -> h, BN
          + hidden * hidden + 2 * hidden           # 1x1 conv, BN

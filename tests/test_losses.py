@@ -9,6 +9,8 @@ import pytest
 
 from configs import default as default_config
 from facenet_jax import losses
+from facenet_jax.batches import MODALITIES
+from facenet_jax.models import facenet
 
 RTOL = 1e-5
 ATOL = 1e-6
@@ -122,9 +124,9 @@ def random_pk(seed, num_ids=4, num_instances=3, dim=8, num_classes=6):
   rng = np.random.default_rng(seed)
   labels = np.repeat(rng.permutation(num_classes)[:num_ids], num_instances).astype(np.int32)
   b = len(labels)
-  feats = {s: rng.normal(size=(b, dim)).astype(np.float32) for s in losses.MODALITIES}
+  feats = {s: rng.normal(size=(b, dim)).astype(np.float32) for s in MODALITIES}
   logits = {s: (2 * rng.normal(size=(b, num_classes))).astype(np.float32)
-            for s in losses.MODALITIES}
+            for s in MODALITIES}
   flare_logits = {s: rng.normal(size=(b, 2)).astype(np.float32) for s in ('rgb', 'ni')}
   flare = rng.integers(0, 2, size=(b, 2)).astype(np.int32)
   outputs = {'features': feats, 'logits': logits, 'flare_logits': flare_logits}
@@ -309,7 +311,7 @@ def test_kl_min_extreme_logits_finite():
 
 def test_official_ic_loss_is_sum_of_two_kl_min_mean():
   outputs, _ = random_pk(6)
-  r, n, t = (outputs['logits'][s] for s in losses.MODALITIES)
+  r, n, t = (outputs['logits'][s] for s in MODALITIES)
   want = np_kl_min(r, n, 'mean') + np_kl_min(t, n, 'mean')
   got = losses.official_ic_loss(jnp.asarray(r), jnp.asarray(n), jnp.asarray(t))
   np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -403,7 +405,9 @@ def test_relation_losses_random_vs_loop_and_permutation_invariant():
     assert np.all(np.isfinite(np.asarray(grads)))
 
 
-# ------------------------------------------------------------------------------ total_loss
+# ------------------------------------------------------------------------- FACENet loss bundle
+# `facenet_loss_bundle` (facenet_jax/models/facenet.py) picks and weights the terms above; the train
+# step's loss is the sum of its terms.
 
 
 def make_config(**loss_overrides):
@@ -413,102 +417,101 @@ def make_config(**loss_overrides):
   return config
 
 
-def test_total_loss_paper_default_matches_independent_sum():
+def bundle(outputs, batch, config):
+  terms, logged = facenet.facenet_loss_bundle(outputs, batch, config.loss)
+  return sum(terms.values()), terms, logged
+
+
+def test_loss_bundle_paper_default_matches_independent_sum():
   config = make_config(id_weight=0.7, triplet_weight=1.3, flare_weight=0.4, ic_weight=2.0)
   outputs, batch = random_pk(8)
-  total, terms = jax.jit(lambda o, b: losses.total_loss(o, b, config.loss, config.model))(
-      outputs, batch)
+  total, terms, logged = jax.jit(lambda o, b: bundle(o, b, config))(outputs, batch)
   labels = batch['pid']
-  want_terms = {}
-  for s in losses.MODALITIES:
-    want_terms[f'id_{s}'] = np_cross_entropy(outputs['logits'][s], labels)
-    want_terms[f'triplet_{s}'] = np_triplet(outputs['features'][s], labels, 0.3)
-    want_terms[f'acc_{s}'] = np.mean(np.argmax(outputs['logits'][s], 1) == labels)
-  want_terms['flare'] = (np_cross_entropy(outputs['flare_logits']['rgb'], batch['flare'][:, 0]) +
-                         np_cross_entropy(outputs['flare_logits']['ni'], batch['flare'][:, 1]))
-  want_terms['ic'] = np_kl_min(outputs['logits']['rgb'], outputs['logits']['ni'], 'batchmean')
-  want_terms['relation'] = 0.0
-  want_total = (0.7 * sum(want_terms[f'id_{s}'] for s in losses.MODALITIES) +
-                1.3 * sum(want_terms[f'triplet_{s}'] for s in losses.MODALITIES) +
-                0.4 * want_terms['flare'] + 2.0 * want_terms['ic'])
+  want = {}
+  for s in MODALITIES:
+    want[f'id_{s}'] = np_cross_entropy(outputs['logits'][s], labels)
+    want[f'triplet_{s}'] = np_triplet(outputs['features'][s], labels, 0.3)
+    want[f'acc_{s}'] = np.mean(np.argmax(outputs['logits'][s], 1) == labels)
+  flare = (np_cross_entropy(outputs['flare_logits']['rgb'], batch['flare'][:, 0]) +
+           np_cross_entropy(outputs['flare_logits']['ni'], batch['flare'][:, 1]))
+  ic = np_kl_min(outputs['logits']['rgb'], outputs['logits']['ni'], 'batchmean')
+  want_terms = {'id': 0.7 * sum(want[f'id_{s}'] for s in MODALITIES),
+                'triplet': 1.3 * sum(want[f'triplet_{s}'] for s in MODALITIES),
+                'flare': 0.4 * flare, 'ic': 2.0 * ic}
+  assert set(terms) == set(want_terms)   # no relation term when loss.relation='none'
   for key, value in want_terms.items():
     np.testing.assert_allclose(terms[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
-  np.testing.assert_allclose(total, want_total, rtol=1e-4)
-  np.testing.assert_allclose(terms['total'], total)
+  for key, value in want.items():
+    np.testing.assert_allclose(logged[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+  np.testing.assert_allclose(total, sum(want_terms.values()), rtol=1e-4)
   flare_acc_rgb = np.mean(np.argmax(outputs['flare_logits']['rgb'], 1) == batch['flare'][:, 0])
-  np.testing.assert_allclose(terms['flare_acc_rgb'], flare_acc_rgb)
-  assert all(v.dtype == jnp.float32 and v.shape == () for v in terms.values())
+  np.testing.assert_allclose(logged['flare_acc_rgb'], flare_acc_rgb)
+  assert all(v.dtype == jnp.float32 and v.shape == () for v in {**terms, **logged}.values())
 
 
-def test_total_loss_official_variants():
+def test_loss_bundle_official_variants():
   config = make_config(triplet_soft_margin=True, flare_loss='official_kl', flare_weight=0.8,
                        ic_variant='official')
   outputs, batch = random_pk(9)
-  total, terms = losses.total_loss(outputs, batch, config.loss, config.model)
-  r, n, t = (outputs['logits'][s] for s in losses.MODALITIES)
+  total, terms, logged = bundle(outputs, batch, config)
+  r, n, t = (outputs['logits'][s] for s in MODALITIES)
   np.testing.assert_allclose(terms['ic'], np_kl_min(r, n, 'mean') + np_kl_min(t, n, 'mean'),
                              rtol=1e-5)
   np.testing.assert_allclose(
       terms['flare'],
-      np_kl_min(outputs['flare_logits']['rgb'], outputs['flare_logits']['ni'], 'mean'), rtol=1e-5)
-  np.testing.assert_allclose(terms['triplet_ti'],
+      0.8 * np_kl_min(outputs['flare_logits']['rgb'], outputs['flare_logits']['ni'], 'mean'),
+      rtol=1e-5)
+  np.testing.assert_allclose(logged['triplet_ti'],
                              np_triplet(outputs['features']['ti'], batch['pid'], None), rtol=1e-4)
-  want = terms['id'] + terms['triplet'] + 0.8 * terms['flare'] + terms['ic']
+  want = terms['id'] + terms['triplet'] + terms['flare'] + terms['ic']
   np.testing.assert_allclose(total, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize('relation', ['3m', 'cdc', 'hc'])
-def test_total_loss_relation_term(relation):
+def test_loss_bundle_relation_term(relation):
   config = make_config(relation=relation, relation_weight=0.5, ic=False)
-  config.model.mfmp = False
   outputs, batch = random_pk(10)
-  del outputs['flare_logits']  # not needed without MFMP
-  total, terms = losses.total_loss(outputs, batch, config.loss, config.model)
+  del outputs['flare_logits']  # a model without MFMP has no flare heads, hence no flare term
+  total, terms, logged = bundle(outputs, batch, config)
   f = outputs['features']
   want = {'3m': lambda: np_three_m(f['rgb'], f['ni'], f['ti'], batch['pid']),
           'cdc': lambda: np_cdc(f['rgb'], f['ni'], f['ti'], batch['pid']),
           'hc': lambda: np_hc(f['rgb'], f['ni'], batch['pid'], 'l2')}[relation]()
-  np.testing.assert_allclose(terms['relation'], want, rtol=1e-4)
-  assert float(terms['flare']) == 0.0 and float(terms['ic']) == 0.0
-  assert 'flare_acc' not in terms
-  np.testing.assert_allclose(total, terms['id'] + terms['triplet'] + 0.5 * terms['relation'],
+  np.testing.assert_allclose(terms['relation'], 0.5 * want, rtol=1e-4)
+  assert set(terms) == {'id', 'triplet', 'relation'} and 'flare_acc' not in logged
+  np.testing.assert_allclose(total, terms['id'] + terms['triplet'] + terms['relation'],
                              rtol=1e-6)
 
 
-def test_total_loss_gradients_finite_and_reach_all_outputs():
+def test_loss_bundle_gradients_finite_and_reach_all_outputs():
   config = make_config(relation='cdc')
   outputs, batch = random_pk(11)
   outputs = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.bfloat16), outputs)
-  grads = jax.jit(jax.grad(
-      lambda o: losses.total_loss(o, batch, config.loss, config.model)[0]))(outputs)
+  grads = jax.jit(jax.grad(lambda o: bundle(o, batch, config)[0]))(outputs)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     g = np.asarray(g, np.float32)
     assert np.all(np.isfinite(g)), path
     assert np.any(g != 0), path
 
 
-def test_total_loss_bad_config_names_the_field():
+def test_loss_bundle_bad_config_names_the_field():
   outputs, batch = random_pk(12)
   for field, value in (('flare_loss', 'focal'), ('ic_variant', 'journal'), ('relation', 'mmd')):
     config = make_config(**{field: value})
-    with pytest.raises(ValueError, match=f'loss.{field}'):
-      losses.total_loss(outputs, batch, config.loss, config.model)
+    with pytest.raises(ValueError, match=f'config.loss.{field}'):
+      bundle(outputs, batch, config)
 
 
-def test_total_loss_missing_inputs_name_the_key():
+def test_loss_bundle_missing_inputs_name_the_key():
   config = make_config()
   outputs, batch = random_pk(13)
-  no_flare = {k: v for k, v in outputs.items() if k != 'flare_logits'}
-  with pytest.raises(KeyError, match='flare_logits'):
-    losses.total_loss(no_flare, batch, config.loss, config.model)
   with pytest.raises(KeyError, match="'flare'"):
-    losses.total_loss(outputs, {'pid': batch['pid']}, config.loss, config.model)
+    bundle(outputs, {'pid': batch['pid']}, config)
   with pytest.raises(ValueError, match=r"batch\['flare'\]"):
-    losses.total_loss(outputs, {'pid': batch['pid'], 'flare': batch['flare'][:, 0]},
-                      config.loss, config.model)
+    bundle(outputs, {'pid': batch['pid'], 'flare': batch['flare'][:, 0]}, config)
   with pytest.raises(KeyError, match='ti'):
     bad = dict(outputs, logits={k: v for k, v in outputs['logits'].items() if k != 'ti'})
-    losses.total_loss(bad, batch, config.loss, config.model)
+    bundle(bad, batch, config)
 
 
 # ------------------------------------------------------------------------------ torch parity

@@ -20,7 +20,10 @@ import pytest
 
 from facenet_jax import checkpointing
 from facenet_jax import distributed
+from facenet_jax import experiment
 from facenet_jax import train
+from facenet_jax.eval import evaluator
+from facenet_jax.train_state import to_variables
 from tests.tiny import SHORT_SGD_RUN
 from tests.tiny import subprocess_env
 from tests.tiny import tiny_config
@@ -119,14 +122,13 @@ def test_evaluation_gathers_every_image_once_and_matches_one_process(pair_and_si
 
 def test_a_checkpoint_written_by_the_pair_restores_in_one_process(pair_and_single):
   config, root = pair_and_single
-  exp = train.build_experiment(config)
-  template = train.abstract_state(exp)
+  exp = experiment.build_experiment(config)
   ckpt = checkpointing.Checkpointer(root / 'pair', config.train.keep_checkpoints)
-  state, meta = ckpt.restore(template)
+  state, meta = ckpt.restore(experiment.abstract_state(exp))
   ckpt.close()
   assert int(jax.device_get(state.step)) == 3 and meta['step'] == 3
-  embed = train.jit_embed_step(train.make_embed_step(exp.model), exp.mesh)
-  metrics = train.evaluate_retrieval(state, embed, exp.query, exp.gallery, config, exp.mesh)
+  ev = evaluator.Evaluator(exp.model, exp.spec, exp.mesh, config)
+  metrics = ev.evaluate(to_variables(state), exp.query, exp.gallery).metrics
   logged = [l for l in _metric_lines(root / 'pair') if 'test/mAP' in l][-1]
   np.testing.assert_allclose(metrics['mAP'], logged['test/mAP'], rtol=1e-4)
 

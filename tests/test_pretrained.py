@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from facenet_jax import models
 from facenet_jax import pretrained
 from facenet_jax.models import facenet
 from facenet_jax.models import resnet
@@ -209,7 +210,7 @@ def test_convert_weights_script_writes_a_loadable_flax_backbone(tmp_path, capsys
 @functools.lru_cache(maxsize=None)
 def _facenet_shapes(depth):
   model = facenet.FACENet(num_classes=5, depth=depth)
-  return jax.eval_shape(lambda: facenet.init_variables(model, jax.random.PRNGKey(0), (32, 16)))
+  return jax.eval_shape(lambda: models.init_variables(model, (32, 16), jax.random.PRNGKey(0)))
 
 
 def _facenet_variables(depth):

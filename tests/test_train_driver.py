@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from facenet_jax import checkpointing
-from facenet_jax import report
+from facenet_jax import console
+from facenet_jax import experiment
 from facenet_jax import train
+from facenet_jax.eval import evaluator
+from facenet_jax.eval import report
 from input_pipeline import pipeline
 from tests.tiny import SHORT_SGD_RUN
 from tests.tiny import subprocess_env
@@ -41,23 +44,26 @@ def test_the_driver_stops_with_a_clear_message_on_a_non_finite_loss(tiny_synthet
 def _train_script(root: str, workdir: pathlib.Path, max_steps: int) -> subprocess.Popen:
   return subprocess.Popen(
       [sys.executable, 'scripts/train.py', *tiny_flags(root, workdir, train__max_steps=max_steps)],
-      cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
 
 
-def _finish(process: subprocess.Popen) -> None:
+def _finish(process: subprocess.Popen) -> tuple[str, str]:
   try:
-    _, stderr = process.communicate(timeout=600)
+    stdout, stderr = process.communicate(timeout=600)
   finally:
     process.kill()
   assert process.returncode == 0, stderr[-3000:]
+  return stdout, stderr
 
 
 @pytest.fixture(scope='module')
 def runs(tiny_synthetic_root, tmp_path_factory):
   """`scripts/train.py` run straight for 6 steps, and the same run SIGKILLed and restarted."""
   root = tmp_path_factory.mktemp('runs')
-  _finish(_train_script(tiny_synthetic_root, root / 'straight', 6))
+  console_output = _finish(_train_script(tiny_synthetic_root, root / 'straight', 6))
+  (root / 'straight_stdout.txt').write_text(console_output[0])
+  (root / 'straight_stderr.txt').write_text(console_output[1])
   killed = _train_script(tiny_synthetic_root, root / 'killed', 6)
   deadline = time.time() + 600
   while not (root / 'killed' / 'checkpoints' / '2').is_dir() and killed.poll() is None:
@@ -94,6 +100,28 @@ def test_a_run_killed_at_any_moment_resumes_with_the_losses_of_an_uninterrupted_
   assert (root / 'killed' / 'config.json').is_file()
 
 
+def test_the_console_has_a_startup_block_a_line_per_log_step_and_checkpoint_and_one_table(runs):
+  """6 steps logged every step, checkpoints every 2 steps, one evaluation at the end."""
+  _, root = runs
+  lines = (root / 'straight_stdout.txt').read_text().splitlines()
+  assert lines[0].startswith('facenet on synthetic')
+  assert 'steps/epoch, 6 steps' in lines[1] and 'starting at step 0' in lines[1]
+  assert lines[2].startswith('config: ') and lines[2].split()[1].endswith('config.json')
+  progress = [l for l in lines if l.startswith('step ')]
+  assert [l.split()[1] for l in progress] == [f'{i}/6' for i in range(1, 7)]
+  assert all(' | loss ' in l and ' id ' in l and ' tri ' in l and ' flare ' in l and ' ic ' in l
+             and ' it/s | ETA ' in l for l in progress), progress[0]
+  saved = [int(l.split()[2]) for l in lines if l.startswith('checkpoint: ')]
+  assert {2, 4, 6} <= set(saved) and saved == sorted(set(saved))   # + epoch ends
+  assert sum(l.startswith('Evaluation at step 6') for l in lines) == 1
+  assert sum(l.startswith(('val ', 'test ')) for l in lines) == 2
+  assert sum(l.startswith('best checkpoint: step 6') for l in lines) == 1
+  assert len(lines) == 3 + 6 + len(saved) + 4 + 1
+  # Library chatter stays off the console: nothing at INFO level on stderr either.
+  stderr = (root / 'straight_stderr.txt').read_text()
+  assert not [l for l in stderr.splitlines() if l.startswith('I')], stderr[:2000]
+
+
 def test_checkpoints_evaluate_from_disk_with_report_pictures_and_features(runs, tmp_path):
   config, root = runs
   final = _final_test_metrics(root / 'killed')
@@ -108,8 +136,10 @@ def test_checkpoints_evaluate_from_disk_with_report_pictures_and_features(runs, 
   features = np.load(out['files']['query_features'])
   assert features.shape[0] == len(pipeline.load_splits_for_config(config.data).query)
   np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
-  table = report.format_metric_table(metrics, 'tiny')
-  assert 'mAP' in table and 'R-10' in table
+  table = console.format_metric_table({'test': metrics}, 'tiny').splitlines()
+  assert table[0] == 'tiny' and table[1].split()[:5] == ['mAP', 'mINP', 'R-1', 'R-5', 'R-10']
+  assert table[2].split()[:3] == ['test', f'{100 * metrics["mAP"]:.2f}',
+                                  f'{100 * metrics["mINP"]:.2f}']
   best = report.evaluate_checkpoint(config, str(root / 'killed'), best=True,
                                     out_dir=str(tmp_path / 'report_best'))
   assert best['step'] == 6   # the only evaluation, at the end, is the best by definition
@@ -130,6 +160,7 @@ def test_a_missing_dataset_root_names_the_config_field(tmp_path):
 
 
 def test_an_empty_query_split_is_a_clear_error(tiny_synthetic_root, tmp_path):
-  exp = train.build_experiment(tiny_config(tiny_synthetic_root))
+  exp = experiment.build_eval_experiment(tiny_config(tiny_synthetic_root))
+  ev = evaluator.Evaluator(exp.model, exp.spec, exp.mesh, exp.config)
   with pytest.raises(ValueError, match='query split is empty'):
-    train.evaluate_retrieval(None, None, [], exp.gallery, exp.config, exp.mesh)
+    ev.evaluate(None, [], exp.gallery)

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from facenet_jax import experiment
 from facenet_jax import sharding
-from facenet_jax import train
+from facenet_jax import steps
 from facenet_jax.train_state import create_train_state
 from input_pipeline import pipeline
 from tests.tiny import tiny_config
@@ -16,22 +17,22 @@ from tests.tiny import tiny_config
 def setup(tiny_synthetic_root):
   """One experiment, its host-side initial state and a few host batches, shared by the tests."""
   config = tiny_config(tiny_synthetic_root)
-  exp = train.build_experiment(config)
-  variables = train.init_variables(exp.model, config, jax.random.PRNGKey(0))
+  exp = experiment.build_experiment(config)
+  variables = experiment.init_variables(exp, jax.random.PRNGKey(0))
   # NumPy copies: the jitted step donates its input state, which must not consume these.
   host_state = jax.device_get(create_train_state(variables, exp.tx, jax.random.PRNGKey(1)))
   stream = pipeline.make_train_stream(exp.train_records, config.data)
-  batches = [{k: b[k] for k in train.TRAIN_KEYS} for b, _ in zip(stream, range(8))]
+  batches = [{k: b[k] for k in exp.spec.batch.train_keys} for b, _ in zip(stream, range(8))]
   return config, exp, host_state, batches
 
 
 def _step_on_mesh(exp, config, host_state, batch, num_devices):
   mesh = sharding.create_mesh(jax.devices()[:num_devices])
-  step = train.jit_train_step(
-      train.make_train_step(exp.model, exp.tx, config, exp.learning_rate_fn), mesh)
+  step = steps.jit_train_step(
+      steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn), mesh)
   state = sharding.replicate(host_state, mesh)
   new_state, metrics = step(state, sharding.shard_batch(batch, mesh))
-  return jax.device_get(new_state), jax.device_get(metrics)
+  return jax.device_get(new_state), steps.flatten_metrics(jax.device_get(metrics))
 
 
 def test_loss_and_update_do_not_depend_on_the_number_of_devices(setup):
@@ -60,8 +61,9 @@ def test_loss_and_update_do_not_depend_on_the_number_of_devices(setup):
 @pytest.fixture(scope='module')
 def jitted(setup):
   config, exp, host_state, _ = setup
-  step = train.jit_train_step(
-      train.make_train_step(exp.model, exp.tx, config, exp.learning_rate_fn), exp.mesh)
+  step = steps.jit_train_step(
+      steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn),
+      exp.mesh)
   return step
 
 
@@ -96,9 +98,9 @@ def test_a_bfloat16_step_runs_on_cpu_and_stays_finite(setup):
   config, _, _, batches = setup
   config = config.copy_and_resolve_references()
   config.model.dtype = 'bfloat16'
-  exp = train.build_experiment(config)
+  exp = experiment.build_experiment(config)
   host_state = jax.device_get(create_train_state(
-      train.init_variables(exp.model, config, jax.random.PRNGKey(0)), exp.tx,
+      experiment.init_variables(exp, jax.random.PRNGKey(0)), exp.tx,
       jax.random.PRNGKey(1)))
   assert jax.tree.leaves(host_state.params)[0].dtype == np.float32
   new_state, metrics = _step_on_mesh(exp, config, host_state, batches[0], 1)

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from facenet_jax import visualize
+from facenet_jax.eval import visualize
 
 CELL = (12, 6)     # (H, W) of one modality image: tiny on purpose
 BORDER = 2

@@ -16,8 +16,8 @@ import pytest
 
 from configs import default
 from facenet_jax import pretrained
-from facenet_jax.models import cross_attention
-from facenet_jax.models import facenet
+from facenet_jax.models import vit_mfmp as cross_attention
+from facenet_jax import models
 from facenet_jax.models import vit
 
 B, H, W = 4, 32, 16
@@ -28,9 +28,9 @@ STREAMS = ('rgb', 'ni', 'ti')
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-  config = default.get_config().model
-  config.update(backbone='vit_b16', vit_embed_dim=D, vit_depth=3, vit_num_heads=2,
-                vit_patch_size=8, cross_attention_heads=2, cross_attention_dim_head=16)
+  config = default.model_config('facenet_vit')
+  config.update(embed_dim=D, depth=3, num_heads=2, patch_size=8, cross_attention_heads=2,
+                cross_attention_dim_head=16)
   config.update(overrides)
   return config
 
@@ -41,7 +41,7 @@ def _trace(model, h=H, w=W, batch=B, train=True):
   flare = jax.ShapeDtypeStruct((batch, 2), jnp.int32)
 
   def run(image, flare):
-    variables = facenet.init_variables(model, jax.random.PRNGKey(0), (h, w), batch_size=batch)
+    variables = models.init_variables(model, (h, w), jax.random.PRNGKey(0), batch_size=batch)
     kwargs = {'mutable': ['batch_stats'], 'rngs': {'dropout': jax.random.PRNGKey(1)}}
     out = model.apply(variables, image, image, image, flare, train=train,
                       **(kwargs if train else {}))
@@ -90,7 +90,7 @@ SWITCHES = [
 @pytest.mark.parametrize('overrides', SWITCHES)
 def test_outputs_and_parameter_tree_for_every_switch(overrides):
   config = _config(**overrides)
-  variables, out = _trace(facenet.build_model(config, NUM_CLASSES))
+  variables, out = _trace(models.build_model(config, NUM_CLASSES))
   expected = {'features', 'bn_features', 'logits', 'embedding'}
   if config.mfmp:
     expected |= {'flare_logits', 'masks', 'threshold'}
@@ -134,9 +134,8 @@ def test_outputs_and_parameter_tree_for_every_switch(overrides):
 
 def test_full_size_parameter_counts_match_vit_b16_by_hand():
   """ViT-B/16 at 256 x 128; counts derived from timm's published total, not from our modules."""
-  config = default.get_config().model
-  config.backbone = 'vit_b16'
-  counts = facenet.parameter_counts(facenet.build_model(config, 10), (256, 128))
+  config = default.model_config('facenet_vit')
+  counts = models.parameter_counts(models.build_model(config, 10), (256, 128))
   timm_vit_b16_224 = 86_567_656  # incl. 197 positions, 12 blocks, final norm, 1000-way head
   block = (768 * 2304 + 2304) + (768 * 768 + 768) + (768 * 3072 + 3072) + (3072 * 768 + 768) \
       + 4 * 768
@@ -151,24 +150,25 @@ def test_full_size_parameter_counts_match_vit_b16_by_hand():
 
 @pytest.mark.parametrize('overrides,field', [
     ({'cross_attention_split': 'transposed'}, 'config.model.cross_attention_split'),
-    ({'vit_embed_dim': 30, 'vit_num_heads': 4}, 'config.model.vit_embed_dim'),
-    ({'vit_depth': 1}, 'config.model.vit_depth'),
-    ({'vit_patch_size': 0}, 'config.model.vit_patch_size'),
-    ({'vit_drop_path': 1.0}, 'config.model.vit_drop_path'),
+    ({'embed_dim': 30, 'num_heads': 4}, 'config.model.embed_dim'),
+    ({'depth': 1}, 'config.model.depth'),
+    ({'patch_size': 0}, 'config.model.patch_size'),
+    ({'drop_path': 1.0}, 'config.model.drop_path'),
+    ({'plugin_layer': 4}, 'plugin_layer'),
     ({'cross_attention_dropout': -0.1}, 'config.model.cross_attention_dropout'),
     ({'mfmp': False, 'fce': True}, 'config.model.fce'),
 ])
 def test_bad_vit_config_is_rejected_naming_the_field(overrides, field):
   with pytest.raises(ValueError) as e:
-    facenet.build_model(_config(**overrides), NUM_CLASSES)
+    models.build_model(_config(**overrides), NUM_CLASSES)
   assert field in str(e.value)
 
 
 def test_an_image_size_not_divisible_by_the_patch_names_both_fields():
   with pytest.raises(ValueError) as e:
-    _trace(facenet.build_model(_config(), NUM_CLASSES), h=36)
+    _trace(models.build_model(_config(), NUM_CLASSES), h=36)
   assert 'config.data.image_size' in str(e.value)
-  assert 'config.model.vit_patch_size' in str(e.value)
+  assert 'config.model.patch_size' in str(e.value)
 
 
 def test_drop_path_rates_are_linear_over_depth():
@@ -181,14 +181,14 @@ def test_drop_path_rates_are_linear_over_depth():
 
 def _apply(config, variables, *args):
   """Eval-mode outputs of the model `config` builds (jitted: far faster than op by op)."""
-  model = facenet.build_model(config, NUM_CLASSES)
+  model = models.build_model(config, NUM_CLASSES)
   return jax.jit(lambda v, *a: model.apply(v, *a, train=False))(variables, *args)
 
 
 @pytest.fixture(scope='module')
 def tiny():
   config = _config()
-  shapes, _ = _trace(facenet.build_model(config, NUM_CLASSES))
+  shapes, _ = _trace(models.build_model(config, NUM_CLASSES))
   variables = _random_variables(shapes, seed=2)
   images = _inputs(3)
   flare = jnp.array([[1, 1], [0, 0], [1, 0], [0, 1]], jnp.int32)
@@ -198,7 +198,7 @@ def tiny():
 def test_gradients_reach_every_leaf_and_delta_and_dropout_uses_its_rng(tiny):
   config, variables, images, flare = tiny
   labels = jnp.array([0, 3, 0, 3])
-  model = facenet.build_model(config, NUM_CLASSES)
+  model = models.build_model(config, NUM_CLASSES)
 
   def ce(logits, y):
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
@@ -323,7 +323,7 @@ def test_vit_weight_errors_name_the_file_and_keys(tmp_path):
   with pytest.raises(ValueError) as e:
     pretrained.load_pretrained_backbone(str(path), 50, backbone='vit_b16')
   assert str(path) in str(e.value) and 'blocks.0.attn.qkv.weight' in str(e.value)
-  with pytest.raises(ValueError, match='config.model.backbone'):
+  with pytest.raises(ValueError, match="backbone='swin'"):
     pretrained.load_pretrained_backbone(str(path), 50, backbone='swin')
 
 
@@ -338,7 +338,7 @@ def _full_vit_from(params, grid=3):
 
 
 def test_stream_initialisation_errors_name_the_fields():
-  shapes, _ = _trace(facenet.build_model(_config(), NUM_CLASSES), batch=2)
+  shapes, _ = _trace(models.build_model(_config(), NUM_CLASSES), batch=2)
   variables = _random_variables(shapes)
   full = _full_vit_from(variables['params'])
   new = pretrained.init_streams_from_pretrained(variables, full, (H, W))
@@ -346,7 +346,7 @@ def test_stream_initialisation_errors_name_the_fields():
   with pytest.raises(ValueError, match='config.data.image_size'):
     pretrained.init_streams_from_pretrained(variables, full)
   shallow = {'params': {k: v for k, v in full['params'].items() if k != 'block_1'}}
-  with pytest.raises(ValueError, match='config.model.vit_depth=3'):
+  with pytest.raises(ValueError, match='config.model.depth=3'):
     pretrained.init_streams_from_pretrained(variables, shallow, (H, W))
   wide = jax.tree.map(lambda a: np.ones(a.shape[:-1] + (a.shape[-1] * 2,), np.float32), full)
   with pytest.raises(ValueError, match='pretrained ViT vs FACENet rgb stream'):
@@ -516,7 +516,7 @@ def test_converted_timm_and_jax_vit_weights_give_the_torch_tokens(tmp_path):
   np.savez(tmp_path / 'vit_jax.npz', **_jax_layout(state))
 
   config = _config()
-  model = facenet.build_model(config, NUM_CLASSES)
+  model = models.build_model(config, NUM_CLASSES)
   shapes, _ = _trace(model, batch=2)
   variables = _random_variables(shapes, seed=5)
   loaded = pretrained.load_pretrained_backbone(str(tmp_path / 'vit.pth'), 50, 'vit_b16')
@@ -598,12 +598,13 @@ def test_two_training_steps_end_to_end_on_synthetic_data(tiny_synthetic_root, tm
   from tests.tiny import tiny_config  # pylint: disable=g-import-not-at-top
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
   config = tiny_config(tiny_synthetic_root)
-  config.model.update(backbone='vit_b16', vit_embed_dim=D, vit_depth=2, vit_num_heads=2,
-                      vit_patch_size=8, cross_attention_heads=2, cross_attention_dim_head=8)
+  config.model = default.model_config('facenet_vit')
+  config.model.update(embed_dim=D, depth=2, num_heads=2, patch_size=8, cross_attention_heads=2,
+                      cross_attention_dim_head=8)
   config.data.num_val_ids = 0
   config.train.max_steps = 2
   # Start from "pretrained" ViT weights: checks the driver's loading path (image size, backbone).
-  shapes, _ = _trace(facenet.build_model(config.model, NUM_CLASSES), batch=2)
+  shapes, _ = _trace(models.build_model(config.model, NUM_CLASSES), batch=2)
   full = _random_variables(shapes, seed=7)['params']
   full = {**full['backbone_rgb'], 'pos_embed': np.zeros((1, 1 + 9, D), np.float32),
           'block_1': full['vit_head_rgb']['block'], 'norm': full['vit_head_rgb']['norm']}

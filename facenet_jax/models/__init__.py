@@ -1,0 +1,8 @@
+"""Model families, each registered under `config.model.name` (see `registry`).
+
+Importing this package registers every model; `build_model` / `get_spec` look them up.
+"""
+
+from facenet_jax.models import facenet  # noqa: F401  (registers 'facenet', 'facenet_vit')
+from facenet_jax.models.registry import build_model, get_spec, init_variables, names, \
+    parameter_counts  # noqa: F401

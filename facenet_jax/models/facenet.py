@@ -15,83 +15,82 @@ Forward pass (`FACENet.__call__`), all maps NHWC:
 
 Switches (paper Table 2 / Table 4 ablations): `mfmp`, `fmi`, `fce`, `plugin_layer`. The baseline
 (mfmp = fce = False) is three plain ResNet streams with BNNeck heads; `fmi` is ignored when
-`mfmp` is off. FCE needs the MFMP masks, so fce without mfmp is rejected by `build_model`.
+`mfmp` is off. FCE needs the MFMP masks, so fce without mfmp is rejected.
 
-`model.backbone='vit_b16'` builds `FACENetViT` instead: the official code's three ViT-B/16 streams
-with token cross-attention MFMP and copied last-block heads (see its docstring), with the same
-switches, outputs and drivers.
+Two registered models (`config.model.name`):
+  'facenet'      `FACENet`, the paper's ResNet streams (configs/default.py);
+  'facenet_vit'  `FACENetViT`, the official code's three ViT-B/16 streams with token
+                 cross-attention MFMP and copied last-block heads (configs/official_*.py).
+Both share the switches, the output contract, the loss bundle (`facenet_loss_bundle`) and the
+aligned-triplet batch contract. Every module field is a `config.model` field of the same name,
+checked once in `__post_init__`.
 
 FCE gate at test time (`test_time_fce`): each sample's own pseudo-label decides, so an embedding
 never depends on the rest of its batch (unless `bug_batch_level_gating` reproduces the official
 any-sample-in-the-batch gate).
 """
 
-import math
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from facenet_jax.models import cross_attention
-from facenet_jax.models import modules
+from facenet_jax import batches
+from facenet_jax import losses
+from facenet_jax.models import heads
+from facenet_jax.models import mfmp as mfmp_lib
+from facenet_jax.models import registry
 from facenet_jax.models import resnet
 from facenet_jax.models import vit
+from facenet_jax.models import vit_mfmp
 
-STREAMS = ('rgb', 'ni', 'ti')
-# Names of each stream's ResNet in the parameter tree (used by facenet_jax.pretrained).
+STREAMS = batches.MODALITIES
+# Names of each stream's backbone in the parameter tree (used by facenet_jax.pretrained).
 BACKBONE_NAMES = {s: f'backbone_{s}' for s in STREAMS}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-NECK_FEATS = ('before', 'after')
-BACKBONES = ('resnet', 'vit_b16')
 
 
-class BNNeckHead(nn.Module):
-  """BNNeck + classifier. `g: [B, D] -> (b: [B, D], logits: [B, num_classes])`, both float32.
-
-  The BNNeck's bias is frozen at zero in the reference implementations (torch: bias 0 with
-  requires_grad False). Here the BatchNorm simply has no bias parameter (`use_bias=False`), so no
-  optimiser, weight decay or gradient can move it. Momentum 0.9 (torch 0.1), eps 1e-5.
-  """
-  num_classes: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, g: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    b = nn.BatchNorm(use_running_average=not train, use_bias=False, use_scale=True,
-                     momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON, dtype=self.dtype,
-                     param_dtype=jnp.float32, name='bnneck')(g)
-    logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,
-                      param_dtype=jnp.float32, kernel_init=nn.initializers.normal(0.001),
-                      name='classifier')(b)
-    return b.astype(jnp.float32), logits.astype(jnp.float32)
+def _check_choice(value: Any, choices: tuple[Any, ...], field: str) -> None:
+  if value not in choices:
+    raise ValueError(f'config.model.{field}={value!r} must be one of {choices}')
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """Row-wise x / max(||x||, eps), like torch.nn.functional.normalize. `[B, D] -> [B, D]`."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+def _check_flare_switches(m: nn.Module) -> None:
+  """The checks both FACENet variants share (their fields of the same names)."""
+  _check_choice(m.dtype, tuple(DTYPES), 'dtype')
+  if m.fce and not m.mfmp:
+    raise ValueError('config.model.fce=True needs config.model.mfmp=True: FCE (Eq. 7) uses the '
+                     'masks predicted by MFMP.')
+  _check_choice(m.mask_estimator, mfmp_lib.MASK_ESTIMATORS, 'mask_estimator')
+  _check_choice(m.flare_head_input, mfmp_lib.FLARE_HEAD_INPUTS, 'flare_head_input')
+  _check_choice(m.neck_feat, heads.NECK_FEATS, 'neck_feat')
+  if not m.mask_temperature > 0:
+    raise ValueError(f'config.model.mask_temperature={m.mask_temperature!r} must be > 0.')
+  if m.num_classes < 1:
+    raise ValueError(f'num_classes={m.num_classes!r} must be >= 1')
+
+
+def _flare_outputs(mf: Mapping[str, Any]) -> dict[str, Any]:
+  return {'flare_logits': mf['flare_logits'], 'masks': mf['masks'], 'threshold': mf['threshold']}
 
 
 class FACENet(nn.Module):
-  """The multi-spectral re-id model. See the module docstring; build it with `build_model`.
+  """The multi-spectral re-id model. See the module docstring.
 
   Call: `apply(variables, rgb, ni, ti, flare, train, mutable=['batch_stats'] when train)` with
   rgb/ni/ti: [B, H, W, 3] float32 and flare: [B, 2] int32 (col 0 RGB bit, col 1 NI bit). Returns
-    'features':     {'rgb','ni','ti'}: [B, D]  GAP features before the BNNeck (float32)
-    'bn_features':  {'rgb','ni','ti'}: [B, D]  after the BNNeck
-    'logits':       {'rgb','ni','ti'}: [B, num_classes]
-    'embedding':    [B, 3D]  L2-normalised concat of the three features (per `neck_feat`)
-  and, when `mfmp` is on,
+  the output contract of `heads.branch_outputs` ('features', 'bn_features', 'logits' per stream,
+  'embedding' [B, 3D]) and, when `mfmp` is on,
     'flare_logits': {'rgb','ni'}: [B, 2]        SMP flare classifier (trained by L_f, Eq. 1)
     'masks':        {'rgb','ni'}: [B, h, w, C]  the masks used by FCE
     'threshold':    scalar                      Delta
   """
   num_classes: int
-  depth: int = 50
+  depth: int = 50                   # ResNet depth: 18 | 34 | 50 | 101
   last_stride: int = 1
-  dtype: Any = jnp.float32
+  dtype: str = 'float32'            # computation dtype; parameters stay float32
   mfmp: bool = True
   fmi: bool = True
   fce: bool = True
@@ -107,23 +106,26 @@ class FACENet(nn.Module):
   bug_batch_level_gating: bool = False
   bug_dead_threshold: bool = False
 
+  def __post_init__(self):
+    _check_flare_switches(self)
+    resnet.check_depth(self.depth)
+    _check_choice(self.plugin_layer, (1, 2, 3, 4), 'plugin_layer')
+    _check_choice(self.last_stride, (1, 2), 'last_stride')
+    super().__post_init__()
+
   def setup(self):
-    if self.fce and not self.mfmp:
-      raise ValueError('model.fce=True needs model.mfmp=True: FCE (Eq. 7) uses the MFMP masks.')
-    if self.plugin_layer not in (1, 2, 3, 4):
-      raise ValueError(f'model.plugin_layer={self.plugin_layer!r} must be 1, 2, 3 or 4.')
-    if self.neck_feat not in NECK_FEATS:
-      raise ValueError(f'model.neck_feat={self.neck_feat!r} must be one of {NECK_FEATS}')
-    self.backbones = {s: resnet.ResNet(self.depth, self.last_stride, self.dtype,
+    dtype = DTYPES[self.dtype]
+    self.backbones = {s: resnet.ResNet(self.depth, self.last_stride, dtype,
                                        name=BACKBONE_NAMES[s]) for s in STREAMS}
     if self.mfmp:
       channels = resnet.stage_channels(self.depth)[self.plugin_layer - 1]
-      self.mfmp_module = modules.MFMP(
+      self.mfmp_module = mfmp_lib.MFMP(
           features=channels, fmi=self.fmi, hidden_ratio=self.fmi_hidden_ratio,
           attention_ratio=self.fmi_attention_ratio, mask_estimator=self.mask_estimator,
           mask_temperature=self.mask_temperature, flare_head_input=self.flare_head_input,
-          dead_threshold=self.bug_dead_threshold, dtype=self.dtype, name='mfmp')
-    self.heads = {s: BNNeckHead(self.num_classes, self.dtype, name=f'head_{s}') for s in STREAMS}
+          dead_threshold=self.bug_dead_threshold, dtype=dtype, name='mfmp')
+    self.heads = {s: heads.BNNeckHead(self.num_classes, dtype, name=f'head_{s}')
+                  for s in STREAMS}
 
   def __call__(self, rgb: jax.Array, ni: jax.Array, ti: jax.Array, flare: jax.Array,
                train: bool = False) -> dict[str, Any]:
@@ -135,27 +137,15 @@ class FACENet(nn.Module):
     outputs: dict[str, Any] = {}
     if self.mfmp:
       mf = self.mfmp_module(x['rgb'], x['ni'], train)
-      outputs['flare_logits'] = mf['flare_logits']
-      outputs['masks'] = mf['masks']
-      outputs['threshold'] = mf['threshold']
+      outputs.update(_flare_outputs(mf))
       if self.fce and (train or self.test_time_fce):
-        x = modules.enhance_streams(x, mf['masks'], flare, self.bug_rgb_uses_ni_mask,
-                                    self.bug_batch_level_gating)
+        x = mfmp_lib.enhance_streams(x, mf['masks'], flare, self.bug_rgb_uses_ni_mask,
+                                     self.bug_batch_level_gating)
 
     for index in range(self.plugin_layer + 1, 5):
       x = {s: self.backbones[s].forward_stage(index, x[s], train) for s in STREAMS}
-
-    features = {s: jnp.mean(x[s].astype(jnp.float32), axis=(1, 2)) for s in STREAMS}  # GAP
-    bn_features, logits = {}, {}
-    for s in STREAMS:
-      bn_features[s], logits[s] = self.heads[s](features[s], train)
-    chosen = features if self.neck_feat == 'before' else bn_features
-    outputs.update(
-        features=features,
-        bn_features=bn_features,
-        logits=logits,
-        embedding=l2_normalize(jnp.concatenate([chosen[s] for s in STREAMS], axis=-1)),
-    )
+    pooled = {s: jnp.mean(x[s].astype(jnp.float32), axis=(1, 2)) for s in STREAMS}  # GAP
+    outputs.update(heads.branch_outputs(pooled, self.heads, self.neck_feat, train))
     return outputs
 
 
@@ -165,18 +155,18 @@ class FACENetViT(nn.Module):
   Same call and outputs as `FACENet` (reference Sec. 1.2-1.3):
     1. Each stream runs its own ViT (`backbone_{s}`, `vit.ViT`) up to block depth-2: all tokens
        [B, 1 + n, D]; split into CLS c_s [B, 1, D] and the patch grid Z_s [B, gh, gw, D].
-    2. MFMP (`cross_attention.TokenMFMP`, name 'mfmp'): RGB <- NI and NI <- RGB cross-attention
+    2. MFMP (`vit_mfmp.TokenMFMP`, name 'mfmp'): RGB <- NI and NI <- RGB cross-attention
        gives Z_hat_s; masks M_s from Z_hat_s and Delta; flare heads on [c_s; Z_hat_s].
-    3. FCE (Eq. 7, the shared `modules.flare_aware_enhancement`) on the token grid, with the same
-       gates and bug switches as the ResNet path; TI is unchanged.
+    3. FCE (Eq. 7, the shared `mfmp.enhance_streams`) on the token grid, with the same gates and
+       bug switches as the ResNet path; TI is unchanged.
     4. Branch head s (`vit_head_{s}`, a copy of the last block + final LayerNorm) on
        [c_s; Z'_s]; its CLS output is the feature g_s -> BNNeck + classifier (`head_{s}`).
-  'masks' are [B, gh, gw, D] (the row-major patch grid; D = vit_embed_dim) and the features
-  [B, D]. `fmi=False` skips the cross-attention (Z_hat_s = Z_s); `mfmp=False` is three plain ViT
-  streams with their heads. Dropout and drop path draw from the 'dropout' rng in training.
+  'masks' are [B, gh, gw, D] (the row-major patch grid) and the features [B, D]. `fmi=False`
+  skips the cross-attention (Z_hat_s = Z_s); `mfmp=False` is three plain ViT streams with their
+  heads. Dropout and drop path draw from the 'dropout' rng in training.
   """
   num_classes: int
-  dtype: Any = jnp.float32
+  dtype: str = 'float32'
   mfmp: bool = True
   fmi: bool = True
   fce: bool = True
@@ -188,30 +178,46 @@ class FACENetViT(nn.Module):
   bug_rgb_uses_ni_mask: bool = False
   bug_batch_level_gating: bool = False
   bug_dead_threshold: bool = False
-  patch_size: int = 16
-  embed_dim: int = 768
-  depth: int = 12
+  patch_size: int = 16              # patch side and stride (non-overlapping patches)
+  embed_dim: int = 768              # token width D
+  depth: int = 12                   # blocks; streams run 0..depth-2, heads copy the last one
   num_heads: int = 12
   mlp_ratio: float = 4.0
-  drop_path: float = 0.1
+  drop_path: float = 0.1            # stochastic depth of the last block (linear from 0)
   cross_attention_heads: int = 16
   cross_attention_dim_head: int = 768
   cross_attention_split: str = 'official'
   cross_attention_dropout: float = 0.5
 
+  def __post_init__(self):
+    _check_flare_switches(self)
+    for field in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'cross_attention_heads',
+                  'cross_attention_dim_head'):
+      value = getattr(self, field)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f'config.model.{field}={value!r} must be a positive integer.')
+    if self.depth < 2:
+      raise ValueError(f'config.model.depth={self.depth!r} must be >= 2: the streams run blocks '
+                       '0..depth-2 and the heads copy the last block.')
+    if self.embed_dim % self.num_heads:
+      raise ValueError(f'config.model.embed_dim={self.embed_dim} must be a multiple of '
+                       f'config.model.num_heads={self.num_heads}.')
+    _check_choice(self.cross_attention_split, vit_mfmp.SPLITS, 'cross_attention_split')
+    for field in ('drop_path', 'cross_attention_dropout'):
+      if not 0.0 <= getattr(self, field) < 1.0:
+        raise ValueError(f'config.model.{field}={getattr(self, field)!r} must be in [0, 1).')
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, rgb: jax.Array, ni: jax.Array, ti: jax.Array, flare: jax.Array,
                train: bool = False) -> dict[str, Any]:
-    if self.fce and not self.mfmp:
-      raise ValueError('model.fce=True needs model.mfmp=True: FCE (Eq. 7) uses the MFMP masks.')
-    if self.neck_feat not in NECK_FEATS:
-      raise ValueError(f'model.neck_feat={self.neck_feat!r} must be one of {NECK_FEATS}')
+    dtype = DTYPES[self.dtype]
     gh, gw = vit.grid_size(rgb.shape[1:3], self.patch_size)
     # The heads copy the last block, which keeps the last (largest) drop-path rate.
     head_rate = vit.drop_path_rate(self.depth - 1, self.depth, self.drop_path)
     x = {'rgb': rgb, 'ni': ni, 'ti': ti}
     tokens = {s: vit.ViT(self.embed_dim, self.depth, self.num_heads, self.mlp_ratio,
-                         self.patch_size, self.drop_path, self.dtype,
+                         self.patch_size, self.drop_path, dtype,
                          name=BACKBONE_NAMES[s])(x[s], train) for s in STREAMS}
     b = rgb.shape[0]
     cls = {s: tokens[s][:, :1] for s in STREAMS}
@@ -219,165 +225,133 @@ class FACENetViT(nn.Module):
 
     outputs: dict[str, Any] = {}
     if self.mfmp:
-      mf = cross_attention.TokenMFMP(
+      flare_streams = batches.FLARE_MODALITIES
+      mf = vit_mfmp.TokenMFMP(
           self.num_heads, self.mlp_ratio, head_rate, self.fmi, self.cross_attention_heads,
           self.cross_attention_dim_head, self.cross_attention_split,
           self.cross_attention_dropout, self.mask_estimator, self.mask_temperature,
-          self.flare_head_input, self.bug_dead_threshold, self.dtype, name='mfmp')(
-              {s: cls[s] for s in ('rgb', 'ni')}, {s: grid[s] for s in ('rgb', 'ni')}, train)
-      outputs['flare_logits'] = mf['flare_logits']
-      outputs['masks'] = mf['masks']
-      outputs['threshold'] = mf['threshold']
+          self.flare_head_input, self.bug_dead_threshold, dtype, name='mfmp')(
+              {s: cls[s] for s in flare_streams}, {s: grid[s] for s in flare_streams}, train)
+      outputs.update(_flare_outputs(mf))
       if self.fce and (train or self.test_time_fce):
-        grid = modules.enhance_streams(grid, mf['masks'], flare, self.bug_rgb_uses_ni_mask,
-                                       self.bug_batch_level_gating)
+        grid = mfmp_lib.enhance_streams(grid, mf['masks'], flare, self.bug_rgb_uses_ni_mask,
+                                        self.bug_batch_level_gating)
 
-    features, bn_features, logits = {}, {}, {}
+    pooled = {}
     for s in STREAMS:
       seq = jnp.concatenate([cls[s], grid[s].reshape(b, gh * gw, self.embed_dim)], axis=1)
-      features[s] = vit.TokenHead(self.num_heads, self.mlp_ratio, head_rate, self.dtype,
-                                  name=f'vit_head_{s}')(seq, train)
-      bn_features[s], logits[s] = BNNeckHead(self.num_classes, self.dtype,
-                                             name=f'head_{s}')(features[s], train)
-    chosen = features if self.neck_feat == 'before' else bn_features
-    outputs.update(
-        features=features,
-        bn_features=bn_features,
-        logits=logits,
-        embedding=l2_normalize(jnp.concatenate([chosen[s] for s in STREAMS], axis=-1)),
-    )
+      pooled[s] = vit.TokenHead(self.num_heads, self.mlp_ratio, head_rate, dtype,
+                                name=f'vit_head_{s}')(seq, train)
+    branch_heads = {s: heads.BNNeckHead(self.num_classes, dtype, name=f'head_{s}')
+                    for s in STREAMS}
+    outputs.update(heads.branch_outputs(pooled, branch_heads, self.neck_feat, train))
     return outputs
 
 
-def _build_vit_model(model_config: ml_collections.ConfigDict, num_classes: int) -> FACENetViT:
-  """`FACENetViT` from `config.model` after checking the ViT and cross-attention fields."""
-  for field in ('vit_patch_size', 'vit_embed_dim', 'vit_depth', 'vit_num_heads',
-                'cross_attention_heads', 'cross_attention_dim_head'):
-    value = model_config[field]
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f'config.model.{field}={value!r} must be a positive integer.')
-  if model_config.vit_depth < 2:
-    raise ValueError(f'config.model.vit_depth={model_config.vit_depth!r} must be >= 2: the '
-                     'streams run blocks 0..depth-2 and the heads copy the last block.')
-  if model_config.vit_embed_dim % model_config.vit_num_heads:
-    raise ValueError(f'config.model.vit_embed_dim={model_config.vit_embed_dim} must be a '
-                     f'multiple of config.model.vit_num_heads={model_config.vit_num_heads}.')
-  if model_config.cross_attention_split not in cross_attention.SPLITS:
-    raise ValueError(f'config.model.cross_attention_split={model_config.cross_attention_split!r}'
-                     f' must be one of {cross_attention.SPLITS}')
-  for field in ('vit_drop_path', 'cross_attention_dropout'):
-    if not 0.0 <= model_config[field] < 1.0:
-      raise ValueError(f'config.model.{field}={model_config[field]!r} must be in [0, 1).')
-  return FACENetViT(
-      num_classes=num_classes,
-      dtype=DTYPES[model_config.dtype],
-      mfmp=model_config.mfmp,
-      fmi=model_config.fmi,
-      fce=model_config.fce,
-      mask_estimator=model_config.mask_estimator,
-      mask_temperature=model_config.mask_temperature,
-      flare_head_input=model_config.flare_head_input,
-      test_time_fce=model_config.test_time_fce,
-      neck_feat=model_config.neck_feat,
-      bug_rgb_uses_ni_mask=model_config.bug_rgb_uses_ni_mask,
-      bug_batch_level_gating=model_config.bug_batch_level_gating,
-      bug_dead_threshold=model_config.bug_dead_threshold,
-      patch_size=model_config.vit_patch_size,
-      embed_dim=model_config.vit_embed_dim,
-      depth=model_config.vit_depth,
-      num_heads=model_config.vit_num_heads,
-      mlp_ratio=model_config.vit_mlp_ratio,
-      drop_path=model_config.vit_drop_path,
-      cross_attention_heads=model_config.cross_attention_heads,
-      cross_attention_dim_head=model_config.cross_attention_dim_head,
-      cross_attention_split=model_config.cross_attention_split,
-      cross_attention_dropout=model_config.cross_attention_dropout,
-  )
+# ----------------------------------------------------------------------------------- loss bundle
+FLARE_LOSSES = ('bce', 'official_kl')
+IC_VARIANTS = ('paper', 'official')
+RELATIONS = ('none', '3m', 'cdc', 'hc')
 
 
-def build_model(model_config: ml_collections.ConfigDict,
-                num_classes: int) -> FACENet | FACENetViT:
-  """FACENet from `config.model` (fields of configs/default.py) and the number of train ids.
+def facenet_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
+                        loss_config: ml_collections.ConfigDict
+                        ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """The training objective (Eq. 13) as weighted terms; the loss is their sum.
 
-  `model.backbone='resnet'` gives the paper's model (`FACENet`), 'vit_b16' the official code's
-  (`FACENetViT`); both share the heads, switches, outputs and drivers.
+    id       = id_weight * sum_s CE_s            (Eq. 9, s in rgb, ni, ti)
+    triplet  = triplet_weight * sum_s Tri_s       (Eq. 11, on the pre-BNNeck features)
+    flare    = flare_weight * L_f                 (Eq. 1; present when the model has MFMP)
+    ic       = ic_weight * L_IC                   (Eq. 8; when loss.ic)
+    relation = relation_weight * L_rel            (Table 5; when loss.relation != 'none')
+
+  Args:
+    outputs: the model's output contract; 'flare_logits' {rgb, ni}: [B, 2] when it has MFMP.
+    batch: 'pid' [B] int labels; 'flare' [B, 2] int pseudo-labels (column 0 RGB, column 1 NI).
+    loss_config: `config.loss`.
+
+  Returns:
+    (terms, metrics): `terms` the weighted scalars above (only those switched on); `metrics` the
+    unweighted per-branch 'id_<s>', 'triplet_<s>', top-1 accuracies 'acc_<s>' and, with MFMP,
+    'flare_acc_rgb', 'flare_acc_ni' and their mean 'flare_acc' against the pseudo-label.
   """
-  if model_config.backbone not in BACKBONES:
-    raise ValueError(f'config.model.backbone={model_config.backbone!r} must be one of {BACKBONES}')
-  resnet.check_depth(model_config.depth)
-  if model_config.dtype not in DTYPES:
-    raise ValueError(f'config.model.dtype={model_config.dtype!r} must be one of {tuple(DTYPES)}')
-  if model_config.fce and not model_config.mfmp:
-    raise ValueError('config.model.fce=True needs config.model.mfmp=True: FCE (Eq. 7) uses the '
-                     'masks predicted by MFMP.')
-  if model_config.plugin_layer not in (1, 2, 3, 4):
-    raise ValueError(
-        f'config.model.plugin_layer={model_config.plugin_layer!r} must be 1, 2, 3 or 4.')
-  if model_config.last_stride not in (1, 2):
-    raise ValueError(f'config.model.last_stride={model_config.last_stride!r} must be 1 or 2.')
-  if model_config.mask_estimator not in modules.MASK_ESTIMATORS:
-    raise ValueError(f'config.model.mask_estimator={model_config.mask_estimator!r} must be one '
-                     f'of {modules.MASK_ESTIMATORS}')
-  if model_config.flare_head_input not in modules.FLARE_HEAD_INPUTS:
-    raise ValueError(f'config.model.flare_head_input={model_config.flare_head_input!r} must be '
-                     f'one of {modules.FLARE_HEAD_INPUTS}')
-  if model_config.neck_feat not in NECK_FEATS:
-    raise ValueError(f'config.model.neck_feat={model_config.neck_feat!r} must be one of '
-                     f'{NECK_FEATS}')
-  if not model_config.mask_temperature > 0:
-    raise ValueError(f'config.model.mask_temperature={model_config.mask_temperature!r} must be '
-                     '> 0.')
-  if num_classes < 1:
-    raise ValueError(f'num_classes={num_classes!r} must be >= 1')
-  if model_config.backbone == 'vit_b16':
-    return _build_vit_model(model_config, num_classes)
-  return FACENet(
-      num_classes=num_classes,
-      depth=model_config.depth,
-      last_stride=model_config.last_stride,
-      dtype=DTYPES[model_config.dtype],
-      mfmp=model_config.mfmp,
-      fmi=model_config.fmi,
-      fce=model_config.fce,
-      plugin_layer=model_config.plugin_layer,
-      fmi_hidden_ratio=model_config.fmi_hidden_ratio,
-      fmi_attention_ratio=model_config.fmi_attention_ratio,
-      mask_estimator=model_config.mask_estimator,
-      mask_temperature=model_config.mask_temperature,
-      flare_head_input=model_config.flare_head_input,
-      test_time_fce=model_config.test_time_fce,
-      neck_feat=model_config.neck_feat,
-      bug_rgb_uses_ni_mask=model_config.bug_rgb_uses_ni_mask,
-      bug_batch_level_gating=model_config.bug_batch_level_gating,
-      bug_dead_threshold=model_config.bug_dead_threshold,
-  )
+  for field, choices in (('flare_loss', FLARE_LOSSES), ('ic_variant', IC_VARIANTS),
+                         ('relation', RELATIONS)):
+    if loss_config[field] not in choices:
+      raise ValueError(f'config.loss.{field} must be one of {choices}, got '
+                       f'{loss_config[field]!r}')
+  labels = batch['pid']
+  features, logits = outputs['features'], outputs['logits']
+  margin = None if loss_config.triplet_soft_margin else loss_config.triplet_margin
+
+  metrics: dict[str, jax.Array] = {}
+  for s in STREAMS:
+    metrics[f'id_{s}'] = losses.cross_entropy_loss(logits[s], labels,
+                                                    loss_config.label_smoothing)
+    metrics[f'triplet_{s}'] = losses.batch_hard_triplet_loss(
+        features[s], labels, margin, normalize=loss_config.triplet_normalize)
+    metrics[f'acc_{s}'] = losses.top1_accuracy(logits[s], labels)
+  terms = {
+      'id': loss_config.id_weight * sum(metrics[f'id_{s}'] for s in STREAMS),
+      'triplet': loss_config.triplet_weight * sum(metrics[f'triplet_{s}'] for s in STREAMS),
+  }
+
+  if 'flare_logits' in outputs:
+    rgb_flare, ni_flare = outputs['flare_logits']['rgb'], outputs['flare_logits']['ni']
+    flare_labels = batch['flare'].astype(jnp.int32)
+    if flare_labels.ndim != 2 or flare_labels.shape[1] != 2:
+      raise ValueError(f"batch['flare'] must have shape [B, 2], got {tuple(flare_labels.shape)}")
+    if loss_config.flare_loss == 'bce':
+      # Eq. 1 on each flare-susceptible modality with its own pseudo-label, summed.
+      flare = (losses.flare_loss(rgb_flare, flare_labels[:, 0]) +
+               losses.flare_loss(ni_flare, flare_labels[:, 1]))
+    else:
+      flare = losses.official_flare_loss(rgb_flare, ni_flare)
+    terms['flare'] = loss_config.flare_weight * flare
+    metrics['flare_acc_rgb'] = losses.top1_accuracy(rgb_flare, flare_labels[:, 0])
+    metrics['flare_acc_ni'] = losses.top1_accuracy(ni_flare, flare_labels[:, 1])
+    metrics['flare_acc'] = 0.5 * (metrics['flare_acc_rgb'] + metrics['flare_acc_ni'])
+
+  if loss_config.ic:
+    if loss_config.ic_variant == 'paper':
+      ic = losses.ic_loss(logits['rgb'], logits['ni'])
+    else:
+      ic = losses.official_ic_loss(logits['rgb'], logits['ni'], logits['ti'])
+    terms['ic'] = loss_config.ic_weight * ic
+
+  if loss_config.relation != 'none':
+    if loss_config.relation == '3m':
+      relation = losses.three_m_loss(features['rgb'], features['ni'], features['ti'], labels)
+    elif loss_config.relation == 'cdc':
+      relation = losses.cdc_loss(features['rgb'], features['ni'], features['ti'], labels)
+    else:
+      relation = losses.hetero_center_loss(features['rgb'], features['ni'], labels,
+                                           distance=loss_config.hc_distance)
+    terms['relation'] = loss_config.relation_weight * relation
+  return ({k: v.astype(jnp.float32) for k, v in terms.items()},
+          {k: v.astype(jnp.float32) for k, v in metrics.items()})
 
 
-def parameter_counts(model: FACENet, image_size: tuple[int, int]) -> dict[str, int]:
-  """Trainable parameter count per top-level component ('backbone_rgb', 'head_ni', 'mfmp', ...),
-  per MFMP part ('mfmp/fmi', 'mfmp/mask_rgb', ...), plus 'total' and 'batch_stats'.
-
-  Shapes only (jax.eval_shape): nothing is initialised or computed.
-  """
-  h, w = image_size
-  shapes = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), (h, w)))
-
-  def count(tree) -> int:
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-  params = shapes['params']
-  counts = {name: count(params[name]) for name in sorted(params)}
-  if 'mfmp' in params:
-    counts.update({f'mfmp/{k}': count(v) for k, v in sorted(params['mfmp'].items())})
-  counts['total'] = count(params)
-  counts['batch_stats'] = count(shapes['batch_stats'])
-  return counts
+# -------------------------------------------------------------------------------- registration
+# pretrained imports this module (stream names), so it is imported when weights are loaded.
+def _load_resnet_streams(variables, path, model_config, image_size):
+  from facenet_jax import pretrained  # pylint: disable=g-import-not-at-top
+  backbone = pretrained.load_pretrained_backbone(path, model_config.depth)
+  return pretrained.init_streams_from_pretrained(variables, backbone, image_size)
 
 
-def init_variables(model: FACENet, rng: jax.Array, image_size: tuple[int, int],
-                   batch_size: int = 2) -> dict[str, Any]:
-  """Initial `{'params', 'batch_stats'}` for `model` at `image_size` (H, W)."""
-  h, w = image_size
-  image = jnp.zeros((batch_size, h, w, 3), jnp.float32)
-  flare = jnp.zeros((batch_size, 2), jnp.int32)
-  return dict(model.init(rng, image, image, image, flare, train=False))
+def _load_vit_streams(variables, path, model_config, image_size):
+  del model_config
+  from facenet_jax import pretrained  # pylint: disable=g-import-not-at-top
+  vit_params = pretrained.load_pretrained_vit(path)['params']
+  return pretrained.init_vit_streams_from_pretrained(variables, vit_params, image_size)
+
+
+registry.register(registry.ModelSpec(
+    name='facenet', module=FACENet, loss_bundle=facenet_loss_bundle,
+    batch=batches.ALIGNED_TRIPLETS, load_pretrained=_load_resnet_streams,
+    description='FACENet (paper): three ResNet streams, MFMP + FCE, BNNeck heads'))
+registry.register(registry.ModelSpec(
+    name='facenet_vit', module=FACENetViT, loss_bundle=facenet_loss_bundle,
+    batch=batches.ALIGNED_TRIPLETS, load_pretrained=_load_vit_streams,
+    description='FACENet (official code): three ViT-B/16 streams, token cross-attention MFMP'))

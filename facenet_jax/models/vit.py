@@ -42,7 +42,7 @@ def grid_size(image_size: tuple[int, int], patch_size: int) -> tuple[int, int]:
   h, w = image_size
   if h % patch_size or w % patch_size:
     raise ValueError(f'config.data.image_size=({h}, {w}) must be a multiple of '
-                     f'config.model.vit_patch_size={patch_size} on both sides.')
+                     f'config.model.patch_size={patch_size} on both sides.')
   return h // patch_size, w // patch_size
 
 

@@ -40,11 +40,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facenet_jax import batches
 from facenet_jax.models import resnet
 
 MASK_ESTIMATORS = ('sigmoid', 'straight_through')
 FLARE_HEAD_INPUTS = ('mask', 'mask_logits')
-MODALITIES = ('rgb', 'ni')  # the flare-susceptible spectra; TI is the flare-immune condition
+MODALITIES = batches.FLARE_MODALITIES
 
 
 def _conv(features: int, kernel: int, dtype: Any, name: str, use_bias: bool = False) -> nn.Conv:
@@ -194,9 +195,6 @@ class MFMP(nn.Module):
 
   @nn.compact
   def __call__(self, f_r: jax.Array, f_n: jax.Array, train: bool) -> dict[str, Any]:
-    if self.flare_head_input not in FLARE_HEAD_INPUTS:
-      raise ValueError(f'model.flare_head_input={self.flare_head_input!r} must be one of '
-                       f'{FLARE_HEAD_INPUTS}')
     feats = {'rgb': f_r, 'ni': f_n}
     if self.fmi:
       common = FMI(self.features, self.hidden_ratio, self.attention_ratio, self.dtype,

@@ -14,7 +14,7 @@ and against XLA's own `cost_analysis()` of the compiled forward pass.
 
 from typing import Any
 
-from facenet_jax.models import modules
+from facenet_jax.models import mfmp as modules
 from facenet_jax.models import resnet
 
 # Backward ~ 2x forward: gradient w.r.t. the input and w.r.t. the weights.
@@ -121,11 +121,11 @@ def vit_block_flops(tokens: int, dim: int, mlp_ratio: float) -> int:
 
 def vit_facenet_forward_flops(model_config: Any, num_classes: int,
                               image_size: tuple[int, int]) -> dict[str, int]:
-  """`facenet_forward_flops` for `model.backbone='vit_b16'` (`facenet.FACENetViT`)."""
-  p, d = model_config.vit_patch_size, model_config.vit_embed_dim
+  """`facenet_forward_flops` for `model.name='facenet_vit'` (`facenet.FACENetViT`)."""
+  p, d = model_config.patch_size, model_config.embed_dim
   n = (image_size[0] // p) * (image_size[1] // p)
-  block = vit_block_flops(1 + n, d, model_config.vit_mlp_ratio)
-  stream = dense_flops(p * p * 3, d) * n + (model_config.vit_depth - 1) * block
+  block = vit_block_flops(1 + n, d, model_config.mlp_ratio)
+  stream = dense_flops(p * p * 3, d) * n + (model_config.depth - 1) * block
   out = {'backbones': 3 * stream, 'mfmp': 0}
   if model_config.mfmp:
     out['mfmp'] = 2 * (block + dense_flops(d, 2))               # flare heads (block copies)
@@ -142,7 +142,7 @@ def facenet_forward_flops(model_config: Any, num_classes: int,
                           image_size: tuple[int, int]) -> dict[str, int]:
   """Per-image forward FLOPs of FACENet from `config.model`: {'backbones', 'mfmp', 'heads',
   'total'} (three streams; MFMP when `model.mfmp`)."""
-  if model_config.backbone == 'vit_b16':
+  if model_config.name == 'facenet_vit':
     return vit_facenet_forward_flops(model_config, num_classes, image_size)
   h, w = image_size
   backbone = resnet_flops(model_config.depth, h, w, model_config.last_stride)

@@ -1,68 +1,55 @@
-"""Evaluate a saved checkpoint and write the report: metric table, JSON, pictures, features.
+"""Evaluate a saved checkpoint and write the report: metrics JSON, pictures, features.
 
-Behind `scripts/evaluate.py`; also used by `make demo`.
+Behind `scripts/evaluate.py`; also used by `make demo`. The metric table is
+`console.format_metric_table`.
 """
 
 import pathlib
 from typing import Any
 
 from absl import logging
-import jax
 import ml_collections
 import numpy as np
 
 from facenet_jax import checkpointing
 from facenet_jax import distributed
-from facenet_jax import evaluation
-from facenet_jax import train
-from facenet_jax import visualize
-
-
-def format_metric_table(metrics: dict[str, Any], title: str) -> str:
-  """A small fixed-width table of mAP, mINP and CMC R-1/5/10 in percent."""
-  cmc = np.asarray(metrics['cmc'])
-  rank = lambda k: 100.0 * float(cmc[min(k, len(cmc)) - 1])
-  rows = [('mAP', 100.0 * metrics['mAP']), ('mINP', 100.0 * metrics['mINP']),
-          ('R-1', rank(1)), ('R-5', rank(5)), ('R-10', rank(10))]
-  width = max(len(title), 16)
-  lines = [title, '-' * width]
-  lines += [f'{name:<8}{value:>8.2f}' for name, value in rows]
-  lines.append(f'({metrics["num_valid_queries"]} queries scored, '
-               f'{metrics["num_skipped_queries"]} without a gallery match skipped)')
-  return '\n'.join(lines)
+from facenet_jax import experiment
+from facenet_jax.eval import evaluator as evaluator_lib
+from facenet_jax.eval import metrics as metrics_lib
+from facenet_jax.eval import visualize
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
                         best: bool = False, out_dir: str | None = None,
-                        export_features: bool = False, num_rank_list_queries: int = 6
-                        ) -> dict[str, Any]:
-  """Restore a checkpoint from `workdir`, embed query and gallery once each, write the report.
+                        export_features: bool = False, num_rank_list_queries: int = 6,
+                        exp: experiment.EvalExperiment | None = None) -> dict[str, Any]:
+  """Restore a checkpoint's variables, embed query and gallery once each, write the report.
 
-  Returns `{'metrics': ..., 'step': int, 'files': {name: path}}`. In a multi-process run
-  (`config.train.distributed`) every process embeds its share and gets the metrics; only
-  process 0 writes files (the others return `files={}`).
+  Only the model's variables are read (no optimiser is built or restored). `exp` reuses an
+  experiment built already (e.g. by the training run of `make demo`).
+
+  Returns `{'metrics': ..., 'step': int, 'files': {name: path}, 'experiment': exp}`. In a
+  multi-process run (`config.train.distributed`) every process embeds its share and gets the
+  metrics; only process 0 writes files (the others return `files={}`).
   """
   distributed.initialize(config.train)
-  exp = train.build_experiment(config)
+  exp = exp or experiment.build_eval_experiment(config)
   if not exp.query:
     raise ValueError(f'The query split of {config.data.dataset} at {config.data.root!r} is empty: '
                      'nothing to evaluate.')
-  template = train.abstract_state(exp)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
-  state, meta = ckpt.restore(template, step=step, best=best)
+  variables, restored_step, meta = ckpt.restore_variables(
+      experiment.abstract_variables(exp), step=step, best=best)
   ckpt.close()
-  restored_step = int(jax.device_get(state.step))
   logging.info('Restored %s checkpoint at step %d (%s)', 'best' if best else 'step',
                restored_step, meta)
 
-  embed_step = train.jit_embed_step(train.make_embed_step(exp.model), exp.mesh)
-  q = train.embed_records(state, embed_step, exp.query, config, exp.mesh, with_masks=True)
-  g = train.embed_records(state, embed_step, exp.gallery, config, exp.mesh)
-  metrics = train.evaluate_embeddings(q['embedding'], g['embedding'], exp.query, exp.gallery,
-                                      config)
-
+  evaluator = evaluator_lib.Evaluator(exp.model, exp.spec, exp.mesh, config)
+  result = evaluator.evaluate(variables, exp.query, exp.gallery, with_masks=True)
+  metrics, q, g = result.metrics, result.query, result.gallery
+  out_info = {'metrics': metrics, 'step': restored_step, 'files': {}, 'experiment': exp}
   if not distributed.is_chief():
-    return {'metrics': metrics, 'step': restored_step, 'files': {}}
+    return out_info
   out = pathlib.Path(out_dir or pathlib.Path(workdir) / f'eval_{"best" if best else "step"}_{restored_step}')
   out.mkdir(parents=True, exist_ok=True)
   files = {}
@@ -85,13 +72,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
       np.save(files[f'{name}_features'], feats)
       for field in ('pid', 'camid', 'scene'):
         np.save(out / f'{name}_{field}s.npy', np.asarray([getattr(r, field) for r in recs]))
-  return {'metrics': metrics, 'step': restored_step, 'files': {k: str(v) for k, v in files.items()}}
+  out_info['files'] = {k: str(v) for k, v in files.items()}
+  return out_info
 
 
 def _plot_rank_list(q_feats, g_feats, query, gallery, config, path, num_queries):
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   chosen = np.linspace(0, len(query) - 1, min(num_queries, len(query))).astype(int)
-  dist = evaluation.compute_distance_matrix(q_feats[chosen], g_feats, config.eval.distance)
+  dist = metrics_lib.compute_distance_matrix(q_feats[chosen], g_feats, config.eval.distance)
   order = np.argsort(dist, axis=1, kind='stable')[:, :10]
   q_pids = np.asarray([query[i].pid for i in chosen])
   g_pids = np.asarray([r.pid for r in gallery])

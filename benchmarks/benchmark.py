@@ -1,6 +1,6 @@
 r"""Throughput benchmarks (not timed tests), one subcommand each.
 
-    python scripts/benchmark.py pipeline [--root DIR --dataset wmveid863] [--steps 50]
+    python -m benchmarks.benchmark pipeline [--root DIR --dataset wmveid863] [--steps 50]
 
 `pipeline`: triplets/s of the training stream (P x K batches, 256x128 by default, the default
 augmentations) from a folder tree; a synthetic tree is generated into a temp dir when no --root
@@ -9,21 +9,21 @@ state (augment only), the same with random erasing on, and the eval stream. The 
 is triplets per CPU-second of this process (all its threads), which stays meaningful on a
 machine shared with other jobs, where wall-clock rates understate what the cores can do.
 
-    python scripts/benchmark.py eval [--case wmveid863|10k|100k|all] [--no_loop]
+    python -m benchmarks.benchmark eval [--case wmveid863|10k|100k|all] [--no_loop]
 
-`eval`: rank-metric evaluation (`facenet_jax/eval_benchmark.py`): the vectorised chunked path vs
+`eval`: rank-metric evaluation (`benchmarks/eval_benchmark.py`): the vectorised chunked path vs
 the per-query NumPy loop at the WMVeID863 test size, 10k x 10k and 100k x 100k (chunked only),
 with the peak resident memory.
 
-    python scripts/benchmark.py train --config configs/wmveid863.py [--batch P,K] [--dtype bf16|f32]
+    python -m benchmarks.benchmark train --config configs/wmveid863.py [--batch P,K] [--dtype bf16|f32]
         [--depth 50] [--image_size 256,128] [--steps N] [--vs torch] [--config.a.b=value]
 
-`train`: the jitted three-stream train step (`facenet_jax.train.make_train_step`: model, losses,
+`train`: the jitted three-stream train step (`facenet_jax.steps.make_train_step`: model, losses,
 optimiser; state donated) on device-resident synthetic batches: compile time, median step time,
-triplets/s, images/s, MFU from the analytic FLOP count (`facenet_jax.flops`, also printed next to
+triplets/s, images/s, MFU from the analytic FLOP count (`benchmarks/flops.py`, also printed next to
 XLA's own count), peak memory; `--vs torch` times the PyTorch mirror
 (`benchmarks/torch_facenet.py`) on the same shapes in the same process. The official code's
-ViT-B/16 model: `train --config configs/official_wmveid863.py` (backbone 'vit_b16'; `--vs torch`
+ViT-B/16 model: `train --config configs/official_wmveid863.py` (model 'facenet_vit'; `--vs torch`
 mirrors only the ResNet model).
 
 Each subcommand is an `add_<name>_parser(subparsers)` / `run_<name>(args)` pair registered in
@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
@@ -146,13 +145,13 @@ def run_eval(args) -> None:
   import subprocess  # pylint: disable=g-import-not-at-top
   if args.case == 'all':
     for case in ('wmveid863', '10k', '100k'):
-      cmd = [sys.executable, os.path.abspath(__file__), 'eval', '--case', case,
+      cmd = [sys.executable, '-m', 'benchmarks.benchmark', 'eval', '--case', case,
              '--chunk_size', str(args.chunk_size), '--repeats', str(args.repeats)]
       cmd += (['--no_loop'] if args.no_loop else []) + (
           ['--json_out', args.json_out] if args.json_out else [])
       subprocess.run(cmd, check=True)
     return
-  from facenet_jax import eval_benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import eval_benchmark  # pylint: disable=g-import-not-at-top
   num_query, num_gallery, dim = eval_benchmark.CASES[args.case]
   result = eval_benchmark.benchmark_rank_metrics(
       args.num_query or num_query, args.num_gallery or num_gallery, args.dim or dim,
@@ -244,9 +243,9 @@ def _peak_memory(device) -> tuple[str, int]:
 
 
 def _model_name(model_config) -> str:
-  if model_config.backbone == 'vit_b16':
-    return (f'ViT (D {model_config.vit_embed_dim}, depth {model_config.vit_depth}, patch '
-            f'{model_config.vit_patch_size}; cross-attention {model_config.cross_attention_heads}'
+  if model_config.name == 'facenet_vit':
+    return (f'ViT (D {model_config.embed_dim}, depth {model_config.depth}, patch '
+            f'{model_config.patch_size}; cross-attention {model_config.cross_attention_heads}'
             f' x {model_config.cross_attention_dim_head})')
   return f'ResNet{model_config.depth}'
 
@@ -269,11 +268,11 @@ def synthetic_train_batch(num_ids: int, num_instances: int, image_size: tuple[in
 def run_train(args) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from facenet_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from benchmarks import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from facenet_jax import models  # pylint: disable=g-import-not-at-top
   from facenet_jax import optim  # pylint: disable=g-import-not-at-top
   from facenet_jax import sharding  # pylint: disable=g-import-not-at-top
-  from facenet_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  from facenet_jax.models import facenet  # pylint: disable=g-import-not-at-top
+  from facenet_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from facenet_jax.train_state import create_train_state  # pylint: disable=g-import-not-at-top
 
   config = _load_config(args.config, args.overrides)
@@ -295,12 +294,13 @@ def run_train(args) -> None:
         f'{image_size[0]}x{image_size[1]}, batch {batch_size} (P={p} x K={k}), '
         f'{args.num_classes} classes', flush=True)
 
-  model = facenet.build_model(config.model, args.num_classes)
+  spec = models.get_spec(config.model.name)
+  model = models.build_model(config.model, args.num_classes)
   steps_per_epoch = 100  # only shapes the LR schedule, which does not affect the timing
   lr_fn = optim.create_learning_rate_fn(config.optim, steps_per_epoch, config.train.num_epochs)
   t = time.perf_counter()
-  variables = train_lib.init_variables(model, config, jax.random.PRNGKey(config.train.seed),
-                                       load_pretrained=False)
+  variables = jax.jit(lambda r: models.init_variables(model, image_size, r))(
+      jax.random.PRNGKey(config.train.seed))
   tx = optim.create_optimizer(config.optim, variables['params'], steps_per_epoch,
                               config.train.num_epochs)
   state = sharding.replicate(create_train_state(variables, tx, jax.random.PRNGKey(1)), mesh)
@@ -309,10 +309,11 @@ def run_train(args) -> None:
                   for seed in range(2)]
   batches = [sharding.shard_batch(b, mesh) for b in host_batches]
   jax.block_until_ready((state, batches))
-  num_params = facenet.parameter_counts(model, image_size)['total']
+  num_params = models.parameter_counts(model, image_size)['total']
   print(f'init: {time.perf_counter() - t:.1f} s; params {num_params:,} (JAX)', flush=True)
 
-  step = train_lib.jit_train_step(train_lib.make_train_step(model, tx, config, lr_fn), mesh)
+  step = steps_lib.jit_train_step(
+      steps_lib.make_train_step(model, spec, tx, config.loss, lr_fn), mesh)
   t = time.perf_counter()
   compiled = step.lower(state, batches[0]).compile()
   compile_s = time.perf_counter() - t

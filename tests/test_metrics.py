@@ -6,12 +6,14 @@ module's documented tie rule: at equal distance, non-matches rank before matches
 It shares no code with `facenet_jax.evaluation`.
 """
 
+import collections
 import math
 
 import numpy as np
 import pytest
 
-from facenet_jax import evaluation
+from facenet_jax.eval import metrics as evaluation
+from facenet_jax.eval import protocols
 
 
 # ---------------------------------------------------------------------------------- references
@@ -411,7 +413,7 @@ def test_rerank_errors_name_the_argument():
 
 # ---------------------------------------------------------------------------------- benchmark
 def test_benchmark_runs_and_both_rankers_agree():
-  from facenet_jax import eval_benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import eval_benchmark  # pylint: disable=g-import-not-at-top
   result = eval_benchmark.benchmark_rank_metrics(40, 60, dim=8, num_ids=6, num_cams=3,
                                                  chunk_size=16, repeats=1)
   assert result['agree_with_loop']
@@ -423,3 +425,41 @@ def test_benchmark_runs_and_both_rankers_agree():
   chunked = eval_benchmark.benchmark_rank_metrics(40, 60, dim=8, num_ids=6, num_cams=3,
                                                   repeats=1, max_matrix_gib=0.0)
   assert 'rank_vectorised_s' not in chunked and chunked['features_to_metrics_s'] > 0
+
+
+# ------------------------------------------------------------------------------ protocols
+_Record = collections.namedtuple('_Record', 'pid camid scene')
+# One query (pid 1, camera 0, scene 0); gallery at distances 0, 0.4, 2 (euclidean_normalized).
+PROTOCOL_QUERY = [_Record(1, 0, 0)]
+PROTOCOL_GALLERY = [_Record(1, 0, 1), _Record(2, 1, 0), _Record(1, 1, 0)]
+PROTOCOL_Q = np.array([[1.0, 0.0]], np.float32)
+PROTOCOL_G = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], np.float32)
+
+
+def test_camera_protocol_drops_the_same_camera_match():
+  """Gallery item 0 (pid 1, camera 0) is junk; the match left is item 2, at rank 2."""
+  result = protocols.get_protocol('camera').score(
+      PROTOCOL_Q, PROTOCOL_G, PROTOCOL_QUERY, PROTOCOL_GALLERY, protocols.ScoringSettings(max_rank=3))
+  assert result['mAP'] == pytest.approx(0.5) and result['mINP'] == pytest.approx(0.5)
+  np.testing.assert_allclose(result['cmc'], [0.0, 1.0, 1.0])
+
+
+def test_scene_protocol_drops_the_same_scene_match_instead():
+  """Item 2 (pid 1, scene 0) is junk; item 0 (another scene, same camera) matches at rank 1."""
+  result = protocols.get_protocol('scene').score(
+      PROTOCOL_Q, PROTOCOL_G, PROTOCOL_QUERY, PROTOCOL_GALLERY, protocols.ScoringSettings(max_rank=3))
+  assert result['mAP'] == pytest.approx(1.0)
+  np.testing.assert_allclose(result['cmc'], [1.0, 1.0, 1.0])
+
+
+def test_unknown_protocol_and_mismatched_records_are_clear_errors():
+  with pytest.raises(ValueError, match='config.eval.protocol'):
+    protocols.get_protocol('sysu')
+  with pytest.raises(ValueError, match='3 gallery embeddings for 1 / 2 records'):
+    protocols.get_protocol('camera').score(PROTOCOL_Q, PROTOCOL_G, PROTOCOL_QUERY,
+                                           PROTOCOL_GALLERY[:2], protocols.ScoringSettings())
+
+
+def test_rank_summary_reads_r1_r5_r10_and_clamps_a_short_cmc():
+  summary = protocols.rank_summary({'mAP': 0.5, 'mINP': 0.25, 'cmc': np.array([0.1, 0.2, 0.3])})
+  assert summary == pytest.approx({'mAP': 0.5, 'mINP': 0.25, 'R1': 0.1, 'R5': 0.3, 'R10': 0.3})

@@ -1,6 +1,6 @@
 """The synthetic flare study: ablation rows x seeds on the built-in data, where the truth is known.
 
-Behind `scripts/study.py`. For every (row, seed) it trains one configuration of
+Behind `python -m experiments.run_flare_study`. For every (row, seed) it trains one configuration of
 `configs/ablation.py` on one generated synthetic dataset, restores the final checkpoint and
 measures
 
@@ -187,32 +187,40 @@ def flared_queries(query: Sequence[Any]) -> np.ndarray:
                      synthetic_data.glare_mask_path(r.ni_path) is not None for r in query], bool)
 
 
-def subset_metrics(q_feats: np.ndarray, g_feats: np.ndarray, query: Sequence[Any],
-                   gallery: Sequence[Any], config: ml_collections.ConfigDict,
-                   keep: np.ndarray) -> dict[str, float] | None:
+def subset_metrics(evaluator, q_feats: np.ndarray, g_feats: np.ndarray, query: Sequence[Any],
+                   gallery: Sequence[Any], keep: np.ndarray) -> dict[str, float] | None:
   """mAP and CMC R-1/5/10 (percent) of the queries where `keep`, against the whole gallery."""
-  from facenet_jax import train  # pylint: disable=g-import-not-at-top
+  from facenet_jax.eval import protocols  # pylint: disable=g-import-not-at-top
   keep = np.asarray(keep, bool)
   if not keep.any():
     return None
   sub = [r for r, k in zip(query, keep) if k]
-  metrics = train.evaluate_embeddings(q_feats[keep], g_feats, sub, list(gallery), config)
-  cmc = np.asarray(metrics['cmc'])
-  rank = lambda k: 100.0 * float(cmc[min(k, len(cmc)) - 1])
-  return {'mAP': 100.0 * float(metrics['mAP']), 'R1': rank(1), 'R5': rank(5), 'R10': rank(10),
+  metrics = evaluator.score(q_feats[keep], g_feats, sub, list(gallery))
+  summary = protocols.rank_summary(metrics)
+  return {**{k: 100.0 * summary[k] for k in ('mAP', 'R1', 'R5', 'R10')},
           'num_queries': int(metrics['num_valid_queries'])}
 
 
-def _restore_latest(config: ml_collections.ConfigDict, workdir: str):
-  """(experiment, the latest checkpoint's state, the jitted embed step) of a finished run."""
-  from facenet_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from facenet_jax import train  # pylint: disable=g-import-not-at-top
+@dataclasses.dataclass
+class _RestoredRun:
+  exp: Any            # experiment.EvalExperiment
+  variables: Any      # {'params', 'batch_stats'} of the latest checkpoint
+  step: int
+  evaluator: Any      # eval.evaluator.Evaluator
 
-  exp = train.build_experiment(config)
+
+def _restore_latest(config: ml_collections.ConfigDict, workdir: str) -> _RestoredRun:
+  """The latest checkpoint's variables of a finished run, with its experiment and evaluator."""
+  from facenet_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from facenet_jax import experiment  # pylint: disable=g-import-not-at-top
+  from facenet_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
+
+  exp = experiment.build_eval_experiment(config)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
-  state, _ = ckpt.restore(train.abstract_state(exp))
+  variables, step, _ = ckpt.restore_variables(experiment.abstract_variables(exp))
   ckpt.close()
-  return exp, state, train.jit_embed_step(train.make_embed_step(exp.model), exp.mesh)
+  return _RestoredRun(exp, variables, step,
+                      evaluator.Evaluator(exp.model, exp.spec, exp.mesh, config))
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str,
@@ -222,19 +230,17 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str,
   With `diagnose`, also `_diagnosis` (under 'diagnosis') from the same restored state and
   embeddings.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from facenet_jax import train  # pylint: disable=g-import-not-at-top
-
-  exp, state, embed = _restore_latest(config, workdir)
-  q = train.embed_records(state, embed, exp.query, config, exp.mesh, with_masks=True)
-  g = train.embed_records(state, embed, exp.gallery, config, exp.mesh)['embedding']
+  run = _restore_latest(config, workdir)
+  exp, ev = run.exp, run.evaluator
+  embedded = ev.evaluate(run.variables, exp.query, exp.gallery, with_masks=True)
+  q, g = embedded.query, embedded.gallery['embedding']
   flared = flared_queries(exp.query)
+  subset = lambda keep: subset_metrics(ev, q['embedding'], g, exp.query, exp.gallery, keep)
   result: dict[str, Any] = {
-      'step': int(jax.device_get(state.step)),
-      'all': subset_metrics(q['embedding'], g, exp.query, exp.gallery, config,
-                            np.ones(len(exp.query), bool)),
-      'flare': subset_metrics(q['embedding'], g, exp.query, exp.gallery, config, flared),
-      'flare_free': subset_metrics(q['embedding'], g, exp.query, exp.gallery, config, ~flared),
+      'step': run.step,
+      'all': subset(np.ones(len(exp.query), bool)),
+      'flare': subset(flared),
+      'flare_free': subset(~flared),
       'masks': {},
   }
   for modality, path_of in (('rgb', lambda r: r.rgb_path), ('ni', lambda r: r.ni_path)):
@@ -255,21 +261,19 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str,
     quality['grid'] = list(grid)
     result['masks'][modality] = quality
   if diagnose:
-    result['diagnosis'] = _diagnosis(exp, state, embed, config, q['embedding'], g)
+    result['diagnosis'] = _diagnosis(run, config, q['embedding'], g)
   return result
 
 
 def diagnose_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """`_diagnosis` of the latest checkpoint of a run evaluated before without it."""
-  from facenet_jax import train  # pylint: disable=g-import-not-at-top
-
-  exp, state, embed = _restore_latest(config, workdir)
-  q = train.embed_records(state, embed, exp.query, config, exp.mesh)['embedding']
-  g = train.embed_records(state, embed, exp.gallery, config, exp.mesh)['embedding']
-  return _diagnosis(exp, state, embed, config, q, g)
+  run = _restore_latest(config, workdir)
+  q = run.evaluator.embed(run.variables, run.exp.query)['embedding']
+  g = run.evaluator.embed(run.variables, run.exp.gallery)['embedding']
+  return _diagnosis(run, config, q, g)
 
 
-def _diagnosis(exp, state, embed, config: ml_collections.ConfigDict, q: np.ndarray,
+def _diagnosis(run: _RestoredRun, config: ml_collections.ConfigDict, q: np.ndarray,
                g: np.ndarray) -> dict[str, Any]:
   """Where a row's mAP comes from: each branch alone, and the model without FCE at test time.
 
@@ -280,26 +284,28 @@ def _diagnosis(exp, state, embed, config: ml_collections.ConfigDict, q: np.ndarr
   replacement. Together they tell a harm done by the test-time replacement from one done to the
   streams during training.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from facenet_jax import train  # pylint: disable=g-import-not-at-top
+  from facenet_jax import batches  # pylint: disable=g-import-not-at-top
+  from facenet_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
+  from facenet_jax.linalg import l2_normalize  # pylint: disable=g-import-not-at-top
 
+  exp, ev = run.exp, run.evaluator
   everyone = np.ones(len(exp.query), bool)
   result: dict[str, Any] = {'branch_mAP': {}}
   d = q.shape[1] // 3
-  for i, branch in enumerate(('rgb', 'ni', 'ti')):
-    def part(x, i=i):
-      x = x[:, i * d:(i + 1) * d]
-      return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    result['branch_mAP'][branch] = subset_metrics(part(q), part(g), exp.query, exp.gallery,
-                                                  config, everyone)['mAP']
+  for i, branch in enumerate(batches.MODALITIES):
+    part = lambda x, i=i: np.asarray(l2_normalize(jnp.asarray(x[:, i * d:(i + 1) * d])))
+    result['branch_mAP'][branch] = subset_metrics(ev, part(q), part(g), exp.query, exp.gallery,
+                                                  everyone)['mAP']
   if config.model.fce:
-    no_fce = jax.jit(lambda st, b: embed(st, {**b, 'flare': jnp.zeros_like(b['flare'])}))
-    q0 = train.embed_records(state, no_fce, exp.query, config, exp.mesh)['embedding']
-    g0 = train.embed_records(state, no_fce, exp.gallery, config, exp.mesh)['embedding']
+    no_fce = evaluator.Evaluator(
+        exp.model, exp.spec, exp.mesh, config,
+        batch_transform=lambda b: {**b, 'flare': jnp.zeros_like(b['flare'])})
+    q0 = no_fce.embed(run.variables, exp.query)['embedding']
+    g0 = no_fce.embed(run.variables, exp.gallery)['embedding']
     flared = flared_queries(exp.query)
     result['no_test_fce'] = {
-        name: _get({'m': subset_metrics(q0, g0, exp.query, exp.gallery, config, keep)}, 'm', 'mAP')
+        name: _get({'m': subset_metrics(ev, q0, g0, exp.query, exp.gallery, keep)}, 'm', 'mAP')
         for name, keep in (('all', everyone), ('flare', flared), ('flare_free', ~flared))}
   return result
 

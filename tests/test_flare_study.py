@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from facenet_jax import study
+from experiments import flare_study as study
 from tests.tiny import subprocess_env
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def test_aggregate_gives_mean_and_sample_std_over_seeds():
 
 def _study(out: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
   return subprocess.run(
-      [sys.executable, 'scripts/study.py', '--rows', 'table2_baseline,table2_mfmp_nofmi_fce',
+      [sys.executable, '-m', 'experiments.run_flare_study', '--rows', 'table2_baseline,table2_mfmp_nofmi_fce',
        '--seeds', '1', '--out', str(out), '--num_ids', '15', '--triplets_per_id', '4',
        '--image_size', '32,16', '--batch', '4,2', '--max_steps', '2', *extra],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
@@ -89,7 +89,7 @@ def test_the_study_script_on_two_tiny_rows_writes_tables_and_resumes(tmp_path):
     assert 0.0 <= quality['recall'] <= 1.0
   markdown = (out / 'results.md').read_text()
   assert '| Baseline (3 streams) |' in markdown and '| + MFMP w/o FMI + FCE |' in markdown
-  assert 'RGB IoU' in markdown and 'python scripts/study.py --rows' in markdown
+  assert 'RGB IoU' in markdown and 'python -m experiments.run_flare_study --rows' in markdown
   assert (out / 'results.png').stat().st_size > 0
 
   # Started again: nothing is trained again; --diagnose adds its measures to the finished runs.

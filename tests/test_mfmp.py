@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facenet_jax.models import modules
+from facenet_jax.models import mfmp as modules
 
 B, H, W, C = 4, 3, 2, 8
 
@@ -229,9 +229,6 @@ def test_flare_head_input_switch_and_its_error():
                                     'batch_stats': variables['batch_stats']['flare_head_rgb']},
                                    out['mask_logits']['rgb'], train=False)
   np.testing.assert_allclose(np.asarray(out['flare_logits']['rgb']), np.asarray(head), rtol=1e-6)
-  with pytest.raises(ValueError, match='model.flare_head_input'):
-    jax.eval_shape(lambda: modules.MFMP(C, flare_head_input='features').init(
-        jax.random.PRNGKey(0), f_r, f_n, False))
 
 
 # ----------------------------------------------------------------------------------------- FCE

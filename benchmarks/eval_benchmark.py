@@ -1,6 +1,6 @@
 """Timing of the retrieval evaluation: vectorised chunked path vs the per-query loop.
 
-Behind `python scripts/benchmark.py eval`. Synthetic features (one Gaussian centre per identity
+Behind `python -m benchmarks.benchmark eval`. Synthetic features (one Gaussian centre per identity
 plus noise) stand in for embeddings; the ranking cost does not depend on their values.
 
 Cases (`CASES`): the WMVeID863 test split size (928 queries x 1309 gallery), 10k x 10k, and
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from facenet_jax import evaluation
+from facenet_jax.eval import metrics as evaluation
 
 # name -> (num_query, num_gallery, dim). WMVeID863 uses the paper's ResNet50 embedding width
 # (3 x 2048); the larger cases use 256 so the CPU matmul does not dominate the ranking time.

@@ -1,6 +1,8 @@
 r"""The synthetic flare study: paper Tables 2 and 4 on the built-in data, with error bars.
 
-    python scripts/study.py --rows table2,table4 --seeds 3 --out runs/study
+    python -m experiments.run_flare_study --rows table2,table4 --seeds 3 --out runs/study
+
+(from the repository root: `experiments/` is not installed, `-m` puts the root on the path).
 
 Generates one synthetic dataset in OUT/data (when missing), trains every row of the named tables
 (`table2`, `table4`, or row names of configs/ablation.py) with seeds 0..N-1, evaluates each final
@@ -19,13 +21,11 @@ import shlex
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 
-from facenet_jax import study
+from experiments import flare_study as study
+from facenet_jax import cli
 
 _DEFAULTS = study.StudySettings()
 _ROWS = flags.DEFINE_string('rows', 'table2', "Row sets ('table2', 'table4') and/or row names, "
@@ -78,7 +78,7 @@ def main(argv):
     rows = study.expand_rows(_ROWS.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  command = 'python scripts/study.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+  command = 'python -m experiments.run_flare_study ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
   results = study.run_study(_OUT.value, rows, range(_SEEDS.value), settings,
                             log=lambda msg: print(msg, flush=True),
                             report_only=_REPORT_ONLY.value, diagnose=_DIAGNOSE.value)
@@ -92,4 +92,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

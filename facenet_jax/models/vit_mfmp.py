@@ -42,13 +42,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from facenet_jax.models import modules
+from facenet_jax import batches
+from facenet_jax.models import mfmp
 from facenet_jax.models import resnet
 from facenet_jax.models import vit
 
 SPLITS = ('official', 'standard')
 LAYER_NORM_EPS = 1e-5  # torch nn.LayerNorm default, used by the code's cross-attention
-DIRECTIONS = ('rgb', 'ni')  # vmap index 0: RGB <- NI, 1: NI <- RGB
+DIRECTIONS = batches.FLARE_MODALITIES  # vmap index 0: RGB <- NI, 1: NI <- RGB
 
 
 def torch_uniform(fan_in: int):
@@ -168,9 +169,6 @@ class TokenMFMP(nn.Module):
   @nn.compact
   def __call__(self, cls: dict[str, jax.Array], patches: dict[str, jax.Array],
                train: bool) -> dict[str, Any]:
-    if self.flare_head_input not in modules.FLARE_HEAD_INPUTS:
-      raise ValueError(f'model.flare_head_input={self.flare_head_input!r} must be one of '
-                       f'{modules.FLARE_HEAD_INPUTS}')
     b, gh, gw, d = patches['rgb'].shape
     flat = {s: patches[s].reshape(b, gh * gw, d) for s in DIRECTIONS}
     if self.fmi:
@@ -187,7 +185,7 @@ class TokenMFMP(nn.Module):
     out = {'mask_logits': {}, 'masks': {}, 'flare_logits': {}, 'threshold': threshold}
     for s in DIRECTIONS:
       z_hat = hat[s].astype(jnp.float32)
-      mask = modules.estimate_mask(z_hat, threshold, self.mask_estimator, self.mask_temperature,
+      mask = mfmp.estimate_mask(z_hat, threshold, self.mask_estimator, self.mask_temperature,
                                    self.dead_threshold)
       head_tokens = z_hat if self.flare_head_input == 'mask_logits' else mask * z_hat
       head_in = jnp.concatenate([cls[s].astype(jnp.float32), head_tokens], axis=1)

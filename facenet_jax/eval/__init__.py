@@ -1,0 +1,1 @@
+"""Retrieval evaluation: metrics, re-ranking, protocols, the Evaluator, the report, pictures."""
