@@ -255,17 +255,22 @@ def synthetic_train_batch(num_ids: int, num_instances: int, image_size: tuple[in
   """A random P x K batch in NumPy: images N(0, 1) `[B, H, W, 3]`, K rows per each of P distinct
   pids, random flare bits `[B, 2]` (no TensorFlow on this path)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from input_pipeline.records import MODALITIES  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   b = num_ids * num_instances
   h, w = image_size
   pids = rng.choice(num_classes, size=num_ids, replace=num_classes < num_ids)
-  batch = {s: rng.standard_normal((b, h, w, 3), dtype=np.float32) for s in ('rgb', 'ni', 'ti')}
+  batch = {s: rng.standard_normal((b, h, w, 3), dtype=np.float32) for s in MODALITIES}
   batch['pid'] = np.repeat(pids, num_instances).astype(np.int32)
   batch['flare'] = rng.integers(0, 2, size=(b, 2)).astype(np.int32)
   return batch
 
 
 def run_train(args) -> None:
+  """Time the jitted train step (and the torch mirror with `--vs torch`); prints one report.
+
+  (A benchmark script's main, kept linear so the printed report follows the code.)
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from benchmarks import flops as flops_lib  # pylint: disable=g-import-not-at-top

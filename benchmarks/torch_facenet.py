@@ -29,11 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from input_pipeline.records import MODALITIES
+
 RESNET_SPECS = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
                 50: ('bottleneck', (3, 4, 6, 3)), 101: ('bottleneck', (3, 4, 23, 3))}
 STAGE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = {'basic': 1, 'bottleneck': 4}
-STREAMS = ('rgb', 'ni', 'ti')
+STREAMS = MODALITIES
 
 
 def _bn2d(c: int) -> nn.BatchNorm2d:

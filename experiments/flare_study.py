@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import synthetic as synthetic_data
+from input_pipeline.records import MODALITIES
 
 # Named row sets; any ablation row name of `configs/ablation.py` can be given directly as well.
 ROW_SETS = {
@@ -285,7 +286,6 @@ def _diagnosis(run: _RestoredRun, config: ml_collections.ConfigDict, q: np.ndarr
   streams during training.
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from facenet_jax import batches  # pylint: disable=g-import-not-at-top
   from facenet_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
   from facenet_jax.linalg import l2_normalize  # pylint: disable=g-import-not-at-top
 
@@ -293,7 +293,7 @@ def _diagnosis(run: _RestoredRun, config: ml_collections.ConfigDict, q: np.ndarr
   everyone = np.ones(len(exp.query), bool)
   result: dict[str, Any] = {'branch_mAP': {}}
   d = q.shape[1] // 3
-  for i, branch in enumerate(batches.MODALITIES):
+  for i, branch in enumerate(MODALITIES):
     part = lambda x, i=i: np.asarray(l2_normalize(jnp.asarray(x[:, i * d:(i + 1) * d])))
     result['branch_mAP'][branch] = subset_metrics(ev, part(q), part(g), exp.query, exp.gallery,
                                                   everyone)['mAP']
@@ -315,6 +315,9 @@ def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings:
               log: Callable[[str], None] = print, report_only: bool = False,
               data_root: str | None = None, diagnose: bool = False) -> list[dict[str, Any]]:
   """Train + evaluate every (row, seed) not yet done in `out_dir`; return every run's result.
+
+  (Long because resuming is spelled out: settings guard, reuse of identical configurations,
+  skip / resume / train per run, in that order.)
 
   `report_only` trains nothing and returns the finished runs. `diagnose` adds `diagnose_run`'s
   measures to every finished run that lacks them. `data_root` uses an existing
@@ -409,7 +412,7 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, tuple[fl
   for modality in ('rgb', 'ni'):
     for m in ('iou', 'precision', 'recall', 'all_flared_iou', 'flare_free_predicted_fraction'):
       fields[f'{modality}_{m}'] = ('masks', modality, m)
-  for branch in ('rgb', 'ni', 'ti'):
+  for branch in MODALITIES:
     fields[f'branch_{branch}_mAP'] = ('diagnosis', 'branch_mAP', branch)
   for subset in ('all', 'flare', 'flare_free'):
     fields[f'no_test_fce_{subset}_mAP'] = ('diagnosis', 'no_test_fce', subset)
@@ -477,7 +480,7 @@ def markdown_report(results: Sequence[dict[str, Any]], settings: StudySettings,
         ['n', 'RGB branch', 'NI branch', 'TI branch', 'no test-time FCE',
          'no test-time FCE, flared q.', 'no test-time FCE, flare-free q.'],
         [[ROW_LABELS.get(row, row), str(cells['branch_rgb_mAP'][2])] +
-         [_pm(cells.get(f'branch_{b}_mAP')) for b in ('rgb', 'ni', 'ti')] +
+         [_pm(cells.get(f'branch_{b}_mAP')) for b in MODALITIES] +
          [_pm(cells.get(f'no_test_fce_{k}_mAP')) for k in ('all', 'flare', 'flare_free')]
          for row, cells in diag_rows])
   trained = [r for r in results if 'same_run_as' not in r and 'seconds' in r]

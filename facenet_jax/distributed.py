@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
+from orbax.checkpoint import multihost as ocp_multihost
 
 
 _BARRIER_COUNT = itertools.count()
@@ -123,9 +124,6 @@ def barrier(name: str) -> None:
   """
   if jax.process_count() == 1:
     return
-  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
-  client = jax_distributed.global_state.client
-  if client is None:
-    return
-  client.wait_at_barrier(f'facenet_jax/{name}/{next(_BARRIER_COUNT)}',
-                         timeout_in_ms=1000 * _TIMEOUT_S[0])
+  # orbax's public wrapper of the coordination-service client of jax.distributed.
+  wait = ocp_multihost.get_barrier_sync_fn()
+  wait(key=f'facenet_jax/{name}/{next(_BARRIER_COUNT)}', timeout_ms=1000 * _TIMEOUT_S[0])

@@ -103,19 +103,15 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                     learning_rate_fn=learning_rate_fn)
 
 
-def init_variables(exp: EvalExperiment, rng: jax.Array,
-                   load_pretrained: bool = True) -> dict[str, Any]:
-  """The model's initial variables, then the pretrained weights when `model.pretrained_path`."""
-  variables = jax.jit(lambda r: registry.init_variables(
-      exp.model, exp.config.data.image_size, r))(rng)
+def _load_pretrained(exp: EvalExperiment, variables: dict[str, Any]) -> dict[str, Any]:
+  """`variables` with the weights of `model.pretrained_path` copied in by the model's loader."""
   path = exp.config.model.pretrained_path
-  if load_pretrained and path:
-    if exp.spec.load_pretrained is None:
-      raise ValueError(f'config.model.pretrained_path={path!r}: model {exp.spec.name!r} has no '
-                       'pretrained-weight loader.')
-    variables = exp.spec.load_pretrained(variables, path, exp.config.model,
-                                         tuple(exp.config.data.image_size))
-    logging.info('Initialised the streams from %s', path)
+  if exp.spec.load_pretrained is None:
+    raise ValueError(f'config.model.pretrained_path={path!r}: model {exp.spec.name!r} has no '
+                     'pretrained-weight loader.')
+  variables = exp.spec.load_pretrained(variables, path, exp.config.model,
+                                       tuple(exp.config.data.image_size))
+  logging.info('Initialised the streams from %s', path)
   return dict(variables)
 
 
@@ -139,7 +135,10 @@ def create_state(exp: Experiment, load_pretrained: bool = True) -> TrainState:
   """A replicated step-0 state (pass `load_pretrained=False` for a restore template)."""
   rng = jax.random.PRNGKey(exp.config.train.seed)
   init_rng, state_rng = jax.random.split(rng)
-  variables = init_variables(exp, init_rng, load_pretrained)
+  variables = jax.jit(lambda r: registry.init_variables(
+      exp.model, exp.config.data.image_size, r))(init_rng)
+  if load_pretrained and exp.config.model.pretrained_path:
+    variables = _load_pretrained(exp, variables)
   state = create_train_state(variables, exp.tx, state_rng)
   distributed.barrier('create_state')   # device_put checks equality across processes
   return sharding.replicate(state, exp.mesh)

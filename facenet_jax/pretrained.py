@@ -182,8 +182,8 @@ def load_pretrained_backbone(path: str, depth: int,
                              backbone: str = 'resnet') -> dict[str, dict[str, Any]]:
   """`{'params', 'batch_stats'}` of `ResNet(depth)` (float32 numpy) from any supported file.
 
-  `backbone='vit_b16'` (`convert_weights.py --backbone`) reads ViT weights instead (`load_pretrained_vit`:
-  `{'params': full ViT tree}`; `depth` is then unused).
+  `backbone='vit_b16'` (`convert_weights.py --backbone`) reads ViT weights instead
+  (`load_pretrained_vit`: `{'params': full ViT tree}`; `depth` is then unused).
   """
   if backbone == VIT_BACKBONE:
     return load_pretrained_vit(path)

@@ -14,7 +14,7 @@ import optax
 
 from facenet_jax import sharding
 from facenet_jax.models import registry
-from facenet_jax.train_state import TrainState, to_variables
+from facenet_jax.train_state import TrainState
 
 # Model outputs the evaluator may keep besides the embedding.
 EMBED_EXTRAS = ('masks',)
@@ -54,8 +54,8 @@ def make_train_step(model, spec: registry.ModelSpec, tx: optax.GradientTransform
     # Keep the last good state when this step diverged (the trainer stops on `finite == 0`).
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
                              state.replace(step=state.step + 1))
-    metrics = dict(terms=terms, logged=logged, loss=loss, grad_norm=grad_norm, learning_rate=learning_rate_fn(state.step),
-                   finite=finite.astype(jnp.float32))
+    metrics = dict(terms=terms, logged=logged, loss=loss, grad_norm=grad_norm,
+                   learning_rate=learning_rate_fn(state.step), finite=finite.astype(jnp.float32))
     return new_state, metrics
 
   return train_step
@@ -95,6 +95,3 @@ def jit_embed_step(embed_step, mesh):
                                            sharding.batch_sharding(mesh)),
                  out_shardings=sharding.batch_sharding(mesh))
 
-
-__all__ = ['make_train_step', 'make_embed_step', 'jit_train_step', 'jit_embed_step',
-           'to_variables']

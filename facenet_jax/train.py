@@ -31,10 +31,6 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss."""
 
 
-def _summary_scalars(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
-  return {f'{prefix}/{k}': v for k, v in protocols.rank_summary(metrics).items()}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        exp: experiment.Experiment | None = None) -> dict[str, Any]:
   """Train for `config.train.num_epochs` (or `max_steps`), evaluating every `eval_every_epochs`.
@@ -44,107 +40,126 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoints into `workdir`. Returns the final scalars (test split, and validation if any).
   `exp` reuses an experiment built already from the same config.
   """
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-
   distributed.initialize(config.train)
   workdir_path = pathlib.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
-  is_chief = distributed.is_chief()
-  say = console.say if is_chief else (lambda line='': None)
-  if is_chief:
+  if distributed.is_chief():
     (workdir_path / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+  trainer = _Trainer(exp or experiment.build_experiment(config), workdir_path)
+  try:
+    return trainer.run()
+  finally:
+    trainer.close()
 
-  exp = exp or experiment.build_experiment(config)
-  ckpt = checkpointing.Checkpointer(workdir_path, config.train.keep_checkpoints)
-  best_score = -math.inf
-  if ckpt.latest_step() is None:
-    state = experiment.create_state(exp)
-  else:
-    state, _ = ckpt.restore(experiment.abstract_state(exp))
-    best_meta = ckpt.best_meta()
-    if best_meta is not None:
-      best_score = best_meta['score']
-  start_step = int(jax.device_get(state.step))
-  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
-  say(console.format_startup(exp, start_step, num_params, workdir))
 
-  log = run_log.RunLog(workdir_path, enabled=is_chief)
-  evaluator = evaluator_lib.Evaluator(exp.model, exp.spec, exp.mesh, config)
-  train_step = steps.jit_train_step(
-      steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn),
-      exp.mesh)
+class _Trainer:
+  """One run's state and the pieces around it; `run` is the loop."""
 
-  def run_evaluation(step: int) -> dict[str, float]:
-    nonlocal best_score
-    variables = to_variables(state)
+  def __init__(self, exp: experiment.Experiment, workdir: pathlib.Path):
+    self.exp, self.config, self.workdir = exp, exp.config, workdir
+    self.say = console.say if distributed.is_chief() else (lambda line='': None)
+    self.ckpt = checkpointing.Checkpointer(workdir, self.config.train.keep_checkpoints)
+    self.best_score = -math.inf
+    if self.ckpt.latest_step() is None:
+      self.state = experiment.create_state(exp)
+    else:
+      self.state, _ = self.ckpt.restore(experiment.abstract_state(exp))
+      best_meta = self.ckpt.best_meta()
+      if best_meta is not None:
+        self.best_score = best_meta['score']
+    self.step = int(jax.device_get(self.state.step))
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.state.params))
+    self.say(console.format_startup(exp, self.step, num_params, str(workdir)))
+    self.log = run_log.RunLog(workdir, enabled=distributed.is_chief())
+    self.evaluator = evaluator_lib.Evaluator(exp.model, exp.spec, exp.mesh, self.config)
+    self.train_step = steps.jit_train_step(
+        steps.make_train_step(exp.model, exp.spec, exp.tx, self.config.loss,
+                              exp.learning_rate_fn), exp.mesh)
+
+  def run(self) -> dict[str, float]:
+    from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+    exp, train_config = self.exp, self.config.train
+    stream = pipeline.make_train_stream(exp.train_records, self.config.data,
+                                        start_step=self.step, process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+    pending = []          # per-step metrics on device, fetched at log time
+    previous = None       # last step's metrics: its finiteness is checked one step late
+    final_scalars: dict[str, float] = {}
+    clock = (time.perf_counter(), self.step)
+    compiled_step = None
+    while self.step < exp.total_steps:
+      host_batch = next(stream)
+      batch = sharding.shard_batch({k: host_batch[k] for k in exp.spec.batch.train_keys},
+                                   exp.mesh)
+      if compiled_step is None:
+        # Compiled ahead, then every process starts stepping together (see distributed.barrier).
+        compiled_step = self.train_step.lower(self.state, batch).compile()
+        distributed.barrier('train_step')
+      self.state, metrics = compiled_step(self.state, batch)
+      self.step += 1
+      if previous is not None and not float(previous[1]['finite']):
+        _raise_non_finite(previous[0], jax.device_get(previous[1]))
+      previous = (self.step, metrics)
+      pending.append(metrics)
+      last = self.step == exp.total_steps
+      if self.step % train_config.log_every_steps == 0 or last:
+        clock = self._log_progress(pending, clock)
+        pending = []
+      end_of_epoch = self.step % exp.steps_per_epoch == 0
+      if self.step % train_config.checkpoint_every_steps == 0 or end_of_epoch or last:
+        self._save_checkpoint()
+      epoch = self.step // exp.steps_per_epoch
+      if (end_of_epoch and epoch % train_config.eval_every_epochs == 0) or last:
+        final_scalars = self.evaluate()
+    return final_scalars or self.evaluate()   # a finished run resumed: evaluate what is there
+
+  def _save_checkpoint(self) -> None:
+    meta = {'step': self.step, 'epoch': self.step / self.exp.steps_per_epoch}
+    if self.ckpt.save(self.state, meta):
+      self.say(f'checkpoint: step {self.step} -> {self.workdir / "checkpoints" / str(self.step)}')
+
+  def _log_progress(self, pending: list[Any], clock: tuple[float, int]) -> tuple[float, int]:
+    """Average the pending step metrics, write them, print the progress line; the new clock."""
+    if not float(pending[-1]['finite']):
+      _raise_non_finite(self.step, jax.device_get(pending[-1]))
+    averaged = jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending))
+    now = time.perf_counter()
+    steps_per_sec = (self.step - clock[1]) / max(now - clock[0], 1e-9)
+    scalars = {k: float(v) for k, v in steps.flatten_metrics(averaged).items() if k != 'finite'}
+    self.log.write(self.step, {**{f'train/{k}': v for k, v in scalars.items()},
+                               'train/steps_per_sec': steps_per_sec,
+                               'train/samples_per_sec': steps_per_sec * self.exp.batch_size,
+                               'train/epoch': self.step / self.exp.steps_per_epoch})
+    self.say(console.format_progress(self.step, self.exp.total_steps, self.exp.steps_per_epoch,
+                                     scalars, list(averaged['terms']), steps_per_sec))
+    return now, self.step
+
+  def evaluate(self) -> dict[str, float]:
+    """Validation (if any) and test metrics of the current state; keeps the best checkpoint."""
+    exp, variables = self.exp, to_variables(self.state)
     splits = {}
     if exp.val_query:
-      splits['val'] = evaluator.evaluate(variables, exp.val_query, exp.val_gallery).metrics
-    splits['test'] = evaluator.evaluate(variables, exp.query, exp.gallery).metrics
-    scalars = {}
-    for name, metrics in splits.items():
-      scalars.update(_summary_scalars(metrics, name))
-    log.write(step, scalars)
-    say(console.format_metric_table(
-        splits, f'Evaluation at step {step} (epoch {step / exp.steps_per_epoch:.1f}), percent'))
+      splits['val'] = self.evaluator.evaluate(variables, exp.val_query, exp.val_gallery).metrics
+    splits['test'] = self.evaluator.evaluate(variables, exp.query, exp.gallery).metrics
+    scalars = {f'{name}/{k}': v for name, metrics in splits.items()
+               for k, v in protocols.rank_summary(metrics).items()}
+    self.log.write(self.step, scalars)
+    self.say(console.format_metric_table(
+        splits, f'Evaluation at step {self.step} (epoch {self.step / exp.steps_per_epoch:.1f}), '
+        'percent'))
     # Model selection never looks at the test split; without a validation split the latest wins.
-    score = scalars['val/mAP'] if exp.val_query else float(step)
-    if score >= best_score:
-      best_score = score
-      ckpt.save_best(state, {'step': step, 'score': score, **scalars})
-      say(f'best checkpoint: step {step} ({"val mAP " + format(100 * score, ".2f") if exp.val_query else "latest"})'
-          f' -> {workdir_path / "best" / str(step)}')
+    score = scalars['val/mAP'] if exp.val_query else float(self.step)
+    if score >= self.best_score:
+      self.best_score = score
+      self.ckpt.save_best(self.state, {'step': self.step, 'score': score, **scalars})
+      why = f'val mAP {100 * score:.2f}' if exp.val_query else 'latest'
+      self.say(f'best checkpoint: step {self.step} ({why}) -> '
+               f'{self.workdir / "best" / str(self.step)}')
     return scalars
 
-  stream = pipeline.make_train_stream(exp.train_records, config.data, start_step=start_step,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
-  pending = []          # per-step metrics on device, fetched at log time
-  previous = None       # last step's metrics: its finiteness is checked one step late
-  final_scalars: dict[str, float] = {}
-  step = start_step
-  last_time, last_step = time.perf_counter(), start_step
-  compiled_step = None
-  while step < exp.total_steps:
-    host_batch = next(stream)
-    batch = sharding.shard_batch({k: host_batch[k] for k in exp.spec.batch.train_keys}, exp.mesh)
-    if compiled_step is None:
-      # Compiled ahead, then every process starts stepping together (see distributed.barrier).
-      compiled_step = train_step.lower(state, batch).compile()
-      distributed.barrier('train_step')
-    state, metrics = compiled_step(state, batch)
-    step += 1
-    if previous is not None and not float(previous[1]['finite']):
-      _raise_non_finite(previous[0], jax.device_get(previous[1]))
-    previous = (step, metrics)
-    pending.append(metrics)
-    if step % config.train.log_every_steps == 0 or step == exp.total_steps:
-      if not float(metrics['finite']):
-        _raise_non_finite(step, jax.device_get(metrics))
-      averaged = jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending))
-      pending = []
-      now = time.perf_counter()
-      steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
-      last_time, last_step = now, step
-      scalars = {k: float(v) for k, v in steps.flatten_metrics(averaged).items() if k != 'finite'}
-      log.write(step, {**{f'train/{k}': v for k, v in scalars.items()},
-                       'train/steps_per_sec': steps_per_sec,
-                       'train/samples_per_sec': steps_per_sec * exp.batch_size,
-                       'train/epoch': step / exp.steps_per_epoch})
-      say(console.format_progress(step, exp.total_steps, exp.steps_per_epoch, scalars,
-                                  list(averaged['terms']), steps_per_sec))
-    end_of_epoch = step % exp.steps_per_epoch == 0
-    epoch = step // exp.steps_per_epoch
-    if step % config.train.checkpoint_every_steps == 0 or end_of_epoch or step == exp.total_steps:
-      if ckpt.save(state, {'step': step, 'epoch': step / exp.steps_per_epoch}):
-        say(f'checkpoint: step {step} -> {workdir_path / "checkpoints" / str(step)}')
-    if (end_of_epoch and epoch % config.train.eval_every_epochs == 0) or step == exp.total_steps:
-      final_scalars = run_evaluation(step)
-  if not final_scalars:  # resumed a finished run: evaluate what is there
-    final_scalars = run_evaluation(step)
-  log.close()
-  ckpt.close()
-  return final_scalars
+  def close(self) -> None:
+    self.log.close()
+    self.ckpt.close()
 
 
 def _raise_non_finite(step: int, metrics: Mapping[str, Any]) -> None:
@@ -154,3 +169,4 @@ def _raise_non_finite(step: int, metrics: Mapping[str, Any]) -> None:
       f'Non-finite loss at step {step}; training stopped with the last finite state kept '
       f'(the update of that step was skipped). Terms: {terms}. Lower config.optim.base_lr, '
       'enable config.optim.grad_clip_norm, or check the input data.')
+

@@ -93,14 +93,6 @@ def flip_pad_crop(image: np.ndarray, params: AugmentParams, pad_pixels: int) -> 
   return out
 
 
-def normalize(images: np.ndarray, mean, std) -> np.ndarray:
-  """uint8 [..., 3] -> float32 (x / 255 - mean) / std."""
-  mean = np.asarray(mean, np.float32)
-  inv_std = 1.0 / np.asarray(std, np.float32)
-  scale = inv_std / np.float32(255.0)
-  return images.astype(np.float32) * scale - mean * inv_std
-
-
 def erase(image: np.ndarray, params: AugmentParams) -> np.ndarray:
   """Random erasing on a normalised float32 [H, W, C] image (in place): N(0, 1) pixels."""
   if params.erase_box is not None:
@@ -143,19 +135,3 @@ def erase_fill(params: list[AugmentParams], image_shape: tuple[int, ...]) -> np.
   for b, p in enumerate(params):
     erase(fill[b], p)
   return fill
-
-
-def augment_batch(triplets: list[tuple[np.ndarray, ...]], rngs: list[np.random.Generator],
-                  data_config) -> tuple[np.ndarray, ...]:
-  """Train-time flip / pad + crop / normalise / erase of a batch of resized triplets.
-
-  Same arguments as `crop_batch` (plus data.mean, data.std); returns M float32 [B, H, W, 3].
-  """
-  crops, params = crop_batch(triplets, rngs, data_config)
-  out = []
-  for x, ps in zip(crops, params):
-    x = normalize(x, data_config.mean, data_config.std)
-    for b, p in enumerate(ps):
-      erase(x[b], p)
-    out.append(x)
-  return tuple(out)

@@ -17,7 +17,7 @@ import numpy as np
 FLARE_RULES = ('paper', 'official')
 
 PAPER_LOW_VALUE = 250          # values in [250, 255] count as saturated (paper)
-PAPER_MIN_FRACTION = 0.10      # strictly more than 10% (paper: "a bar 10%")
+PAPER_MIN_FRACTION_INVERSE = 10  # strictly more than 1/10 of the values (paper: "a bar 10%")
 OFFICIAL_NUM_BINS = 100        # torch.histc default
 OFFICIAL_TOP_BINS = 2          # bins 98 and 99
 OFFICIAL_MIN_FRACTION = np.float32(0.095)  # `.ge(0.095)` on a float32 tensor in the official code
@@ -41,7 +41,8 @@ def paper_flare_fraction(image: np.ndarray) -> float:
 def paper_flare_bit(image: np.ndarray) -> int:
   """1 if strictly more than 10% of the values are in [250, 255]; exact integer comparison."""
   image = _check_uint8(image, 'image')
-  return int(np.count_nonzero(image >= PAPER_LOW_VALUE) * 10 > image.size)
+  # count / size > 1 / PAPER_MIN_FRACTION_INVERSE, compared in integers (no rounding at 10%).
+  return int(np.count_nonzero(image >= PAPER_LOW_VALUE) * PAPER_MIN_FRACTION_INVERSE > image.size)
 
 
 def histc_top_count(image: np.ndarray) -> int:

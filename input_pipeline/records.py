@@ -290,7 +290,7 @@ def scan_splits(dataset: str, root: str) -> tuple[Splits, list[str]]:
 def load_splits(dataset: str, root: str) -> Splits:
   """Reads train/query/gallery records of `dataset` under `root`; raises DatasetError on any problem.
 
-  Image contents are not opened here (see `load_triplet` and `check_records`).
+  Image contents are not opened here (see `load_triplet` and scripts/check_dataset.py).
   """
   splits, problems = scan_splits(dataset, root)
   if problems:
@@ -397,17 +397,6 @@ def load_triplet(record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   if record.montage:
     return split_montage(load_image(record.rgb_path), record.rgb_path)
   return load_image(record.rgb_path), load_image(record.ni_path), load_image(record.ti_path)
-
-
-def check_records(records: Sequence[Record]) -> list[str]:
-  """Decodes every image of `records`; returns one problem message per bad file (path named)."""
-  problems = []
-  for r in records:
-    try:
-      load_triplet(r)
-    except DatasetError as e:
-      problems.append(str(e))
-  return problems
 
 
 def single_image_ids(records: Sequence[Record]) -> list[int]:

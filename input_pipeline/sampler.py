@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -129,10 +129,3 @@ class IdentitySampler:
     """int64 [P * K] record indices of global step `step` (rows grouped by id, K per id)."""
     epoch, offset = divmod(int(step), self.steps_per_epoch)
     return self.epoch_batches(epoch)[offset]
-
-  def iterate(self, start_step: int = 0) -> Iterator[np.ndarray]:
-    """Infinite stream of batches from global step `start_step` on."""
-    step = start_step
-    while True:
-      yield self.batch_indices_for_step(step)
-      step += 1

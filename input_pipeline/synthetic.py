@@ -130,7 +130,11 @@ def _ellipse(yy, xx, cy, cx, ry, rx):
 
 def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator, size: tuple[int, int],
             night: bool, flare: bool):
-  """One triplet: (rgb, ni, ti) uint8 [H, W, 3] and the glare mask bool [H, W] (or None)."""
+  """One triplet: (rgb, ni, ti) uint8 [H, W, 3] and the glare mask bool [H, W] (or None).
+
+  One procedural drawing, kept in one piece so the three spectra visibly share the same
+  vehicle geometry; each block is commented with what it draws.
+  """
   h, w = size
   yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
   scale = cam.scale * rng.uniform(0.94, 1.06)

@@ -70,3 +70,33 @@ def make_msvr310(parent: str, spec: dict[str, dict[int, list[str]]]) -> str:
           seed += 1
           write_image(os.path.join(parent, 'MSVR310', sub, f'{pid:04d}', mod, name), seed=seed)
   return parent
+
+
+def reference_normalize(images: np.ndarray, mean, std) -> np.ndarray:
+  """uint8 [..., 3] -> (x / 255 - mean) / std in float64: the reference for the pipeline's float32."""
+  return (images / 255.0 - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+
+
+def numpy_variables(shapes, seed: int = 0, kernel_gain: float = 2.0):
+  """NumPy-drawn values for a traced variable tree (no PRNG compile: keeps the tests fast).
+
+  Kernels ~ N(0, kernel_gain / fan_in), BatchNorm / LayerNorm scales and running variances
+  ~ U(0.5, 1.5), biases and running means ~ N(0, 0.1^2), the flare threshold Delta = 0 as at
+  initialisation. `shapes` is what `jax.eval_shape` gives for `model.init`.
+  """
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = path[-1].key
+    if name == 'threshold':
+      return np.zeros(s.shape, np.float32)
+    if name in ('scale', 'var'):
+      return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
+    if name in ('bias', 'mean'):
+      return rng.normal(0, 0.1, s.shape).astype(np.float32)
+    fan_in = max(int(np.prod(s.shape[:-1])), 1)
+    return (rng.normal(size=s.shape) * np.sqrt(kernel_gain / fan_in)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))

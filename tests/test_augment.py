@@ -38,15 +38,6 @@ def test_flip_pad_crop_large_pad_is_all_padding():
   assert not out.any()
 
 
-def test_normalize():
-  x = _image()
-  mean, std = (0.5, 0.4, 0.3), (0.5, 0.25, 0.2)
-  expected = (x / 255.0 - np.asarray(mean)) / np.asarray(std)
-  out = augment.normalize(x, mean, std)
-  assert out.dtype == np.float32
-  np.testing.assert_allclose(out, expected, atol=1e-5)
-
-
 @pytest.mark.parametrize('method,pil', [('bicubic', Image.Resampling.BICUBIC),
                                         ('bilinear', Image.Resampling.BILINEAR)])
 def test_resize_is_pil(method, pil):
@@ -85,22 +76,22 @@ def test_shared_augmentation_keeps_modalities_aligned():
   triplets = [(x, x.copy(), x.copy()) for _ in range(16)]
   rngs = lambda: [augment.row_rng(0, 0, r) for r in range(16)]
   cfg = _config(random_erasing_prob=0.5)
-  rgb, ni, ti = augment.augment_batch(triplets, rngs(), cfg)
+  (rgb, ni, ti), params = augment.crop_batch(triplets, rngs(), cfg)
   np.testing.assert_array_equal(rgb, ni)
   np.testing.assert_array_equal(rgb, ti)
+  assert params[0] == params[1] == params[2]     # erasing boxes too
   cfg.shared_augmentation = False
-  rgb, ni, ti = augment.augment_batch(triplets, rngs(), cfg)
-  assert rgb.shape == (16, 12, 6, 3) and rgb.dtype == np.float32
+  (rgb, ni, ti), _ = augment.crop_batch(triplets, rngs(), cfg)
+  assert rgb.shape == (16, 12, 6, 3) and rgb.dtype == np.uint8
   assert not np.array_equal(rgb, ni) and not np.array_equal(ni, ti)
 
 
-def test_augment_batch_matches_row_by_row():
+def test_crop_batch_matches_row_by_row():
   triplets = [tuple(_image(seed=3 * r + m) for m in range(3)) for r in range(4)]
   cfg = _config(shared_augmentation=False)
-  out = augment.augment_batch(triplets, [augment.row_rng(9, 1, r) for r in range(4)], cfg)
+  out, _ = augment.crop_batch(triplets, [augment.row_rng(9, 1, r) for r in range(4)], cfg)
   for r, images in enumerate(triplets):
     rng = augment.row_rng(9, 1, r)
     for m, image in enumerate(images):
       p = augment.draw_params(rng, (12, 6), cfg.hflip_prob, cfg.pad_pixels, 0.0)
-      expected = augment.normalize(augment.flip_pad_crop(image, p, 3), cfg.mean, cfg.std)
-      np.testing.assert_array_equal(out[m][r], expected)
+      np.testing.assert_array_equal(out[m][r], augment.flip_pad_crop(image, p, 3))

@@ -10,6 +10,7 @@ import pytest
 from configs import default
 from facenet_jax import models
 from facenet_jax.models import facenet
+from tests import fake_trees
 
 B, H, W = 4, 32, 16  # small images keep the eager (op-by-op) runs cheap
 NUM_CLASSES = 7
@@ -43,21 +44,7 @@ def _trace(model, train=True):
 
 
 def random_variables(shapes, seed=0):
-  """NumPy-drawn variables for the traced tree (no PRNG compile: keeps the tests fast)."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = path[-1].key
-    if name == 'threshold':
-      return np.zeros(s.shape, np.float32)
-    if name in ('scale', 'var'):
-      return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
-    if name in ('bias', 'mean'):
-      return rng.normal(0, 0.1, s.shape).astype(np.float32)
-    fan_in = int(np.prod(s.shape[:-1]))
-    return (rng.normal(size=s.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))
+  return fake_trees.numpy_variables(shapes, seed)
 
 
 # (mfmp, fmi, fce, plugin_layer, extra overrides); the mask map is [B, h, w, C] of that stage.

@@ -64,7 +64,8 @@ def test_aggregate_gives_mean_and_sample_std_over_seeds():
 
 def _study(out: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
   return subprocess.run(
-      [sys.executable, '-m', 'experiments.run_flare_study', '--rows', 'table2_baseline,table2_mfmp_nofmi_fce',
+      [sys.executable, '-m', 'experiments.run_flare_study',
+       '--rows', 'table2_baseline,table2_mfmp_nofmi_fce',
        '--seeds', '1', '--out', str(out), '--num_ids', '15', '--triplets_per_id', '4',
        '--image_size', '32,16', '--batch', '4,2', '--max_steps', '2', *extra],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)

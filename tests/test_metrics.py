@@ -439,7 +439,8 @@ PROTOCOL_G = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], np.float32)
 def test_camera_protocol_drops_the_same_camera_match():
   """Gallery item 0 (pid 1, camera 0) is junk; the match left is item 2, at rank 2."""
   result = protocols.get_protocol('camera').score(
-      PROTOCOL_Q, PROTOCOL_G, PROTOCOL_QUERY, PROTOCOL_GALLERY, protocols.ScoringSettings(max_rank=3))
+      PROTOCOL_Q, PROTOCOL_G, PROTOCOL_QUERY, PROTOCOL_GALLERY,
+      protocols.ScoringSettings(max_rank=3))
   assert result['mAP'] == pytest.approx(0.5) and result['mINP'] == pytest.approx(0.5)
   np.testing.assert_allclose(result['cmc'], [0.0, 1.0, 1.0])
 
@@ -447,7 +448,8 @@ def test_camera_protocol_drops_the_same_camera_match():
 def test_scene_protocol_drops_the_same_scene_match_instead():
   """Item 2 (pid 1, scene 0) is junk; item 0 (another scene, same camera) matches at rank 1."""
   result = protocols.get_protocol('scene').score(
-      PROTOCOL_Q, PROTOCOL_G, PROTOCOL_QUERY, PROTOCOL_GALLERY, protocols.ScoringSettings(max_rank=3))
+      PROTOCOL_Q, PROTOCOL_G, PROTOCOL_QUERY, PROTOCOL_GALLERY,
+      protocols.ScoringSettings(max_rank=3))
   assert result['mAP'] == pytest.approx(1.0)
   np.testing.assert_allclose(result['cmc'], [1.0, 1.0, 1.0])
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from facenet_jax.models import mfmp as modules
+from tests import fake_trees
 
 B, H, W, C = 4, 3, 2, 8
 
@@ -22,26 +23,9 @@ def _sigmoid(x):
 
 
 def random_variables(module, *args, seed=0, **kwargs):
-  """Variables of `module` with NumPy-drawn values (no PRNG compile: keeps the tests fast).
-
-  Kernels ~ N(0, 2 / fan_in), BN scale and running variance ~ U(0.5, 1.5), biases and running
-  means ~ N(0, 0.1^2), the threshold Delta = 0 as at initialisation.
-  """
+  """Variables of `module` with NumPy-drawn values (`fake_trees.numpy_variables`)."""
   shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args, **kwargs))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = path[-1].key
-    if name == 'threshold':
-      return np.zeros(s.shape, np.float32)
-    if name in ('scale', 'var'):
-      return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
-    if name in ('bias', 'mean'):
-      return rng.normal(0, 0.1, s.shape).astype(np.float32)
-    fan_in = int(np.prod(s.shape[:-1]))
-    return (rng.normal(size=s.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))
+  return fake_trees.numpy_variables(shapes, seed)
 
 
 # --------------------------------------------------------------------------------- masks / SMP

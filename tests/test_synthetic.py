@@ -1,6 +1,5 @@
 """The synthetic flare dataset: layout, query/gallery rule, glare masks, determinism, learnability."""
 
-import collections
 import filecmp
 import os
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from facenet_jax import experiment
+from facenet_jax import models
 from facenet_jax import sharding
 from facenet_jax import steps
 from facenet_jax.train_state import create_train_state
@@ -18,7 +19,7 @@ def setup(tiny_synthetic_root):
   """One experiment, its host-side initial state and a few host batches, shared by the tests."""
   config = tiny_config(tiny_synthetic_root)
   exp = experiment.build_experiment(config)
-  variables = experiment.init_variables(exp, jax.random.PRNGKey(0))
+  variables = models.init_variables(exp.model, config.data.image_size, jax.random.PRNGKey(0))
   # NumPy copies: the jitted step donates its input state, which must not consume these.
   host_state = jax.device_get(create_train_state(variables, exp.tx, jax.random.PRNGKey(1)))
   stream = pipeline.make_train_stream(exp.train_records, config.data)
@@ -100,8 +101,8 @@ def test_a_bfloat16_step_runs_on_cpu_and_stays_finite(setup):
   config.model.dtype = 'bfloat16'
   exp = experiment.build_experiment(config)
   host_state = jax.device_get(create_train_state(
-      experiment.init_variables(exp, jax.random.PRNGKey(0)), exp.tx,
-      jax.random.PRNGKey(1)))
+      models.init_variables(exp.model, config.data.image_size, jax.random.PRNGKey(0)),
+      exp.tx, jax.random.PRNGKey(1)))
   assert jax.tree.leaves(host_state.params)[0].dtype == np.float32
   new_state, metrics = _step_on_mesh(exp, config, host_state, batches[0], 1)
   assert metrics['finite'] == 1.0 and np.isfinite(metrics['loss'])

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from configs import default
-from facenet_jax import pretrained
-from facenet_jax.models import vit_mfmp as cross_attention
 from facenet_jax import models
+from facenet_jax import pretrained
 from facenet_jax.models import vit
+from facenet_jax.models import vit_mfmp as cross_attention
+from tests import fake_trees
 
 B, H, W = 4, 32, 16
 GRID = (4, 2)  # patch 8
@@ -51,21 +52,8 @@ def _trace(model, h=H, w=W, batch=B, train=True):
 
 
 def _random_variables(shapes, seed=0):
-  """NumPy-drawn variables for a traced tree (LayerNorm/BN scales near 1, Delta 0)."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = path[-1].key
-    if name == 'threshold':
-      return np.zeros(s.shape, np.float32)
-    if name in ('scale', 'var'):
-      return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
-    if name in ('bias', 'mean'):
-      return rng.normal(0, 0.1, s.shape).astype(np.float32)
-    fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
-    return (rng.normal(size=s.shape) / np.sqrt(max(fan_in, 1))).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))
+  """NumPy-drawn variables for a traced tree, kernels ~ N(0, 1 / fan_in)."""
+  return fake_trees.numpy_variables(shapes, seed, kernel_gain=1.0)
 
 
 def _inputs(seed=0, batch=B):

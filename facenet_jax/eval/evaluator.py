@@ -65,8 +65,8 @@ class Evaluator:
         out = {'embedding': out['embedding']}
       if number == 0:  # the first gather follows each process's compile: start together
         distributed.barrier('embed')
-      gathered = distributed.gather_to_host(
-          {'out': out, 'mask': np.asarray(batch['mask'], bool), 'index': np.asarray(batch['index'])})
+      gathered = distributed.gather_to_host({'out': out, 'mask': np.asarray(batch['mask'], bool),
+                                             'index': np.asarray(batch['index'])})
       keep, out = gathered['mask'], gathered['out']
       index = gathered['index'][keep]
       if 'embedding' not in result:

@@ -1,4 +1,4 @@
-"""Retrieval metrics: distances, CMC, mAP and mINP (re-ranking in `rerank`, junk rules in `protocols`).
+"""Retrieval metrics: distances, CMC, mAP and mINP (re-ranking: `rerank`; junk rules: `protocols`).
 
 Protocol (Market-1501, as the paper states and the official `eval_func` implements):
   * every query is ranked against the whole gallery by ascending distance;

@@ -50,7 +50,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   out_info = {'metrics': metrics, 'step': restored_step, 'files': {}, 'experiment': exp}
   if not distributed.is_chief():
     return out_info
-  out = pathlib.Path(out_dir or pathlib.Path(workdir) / f'eval_{"best" if best else "step"}_{restored_step}')
+  default_out = pathlib.Path(workdir) / f'eval_{"best" if best else "step"}_{restored_step}'
+  out = pathlib.Path(out_dir or default_out)
   out.mkdir(parents=True, exist_ok=True)
   files = {}
   files['metrics'] = out / 'metrics.json'

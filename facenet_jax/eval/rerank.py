@@ -17,6 +17,8 @@ def rerank_distances(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 20, 
                      lambda_value: float = 0.3) -> np.ndarray:
   """k-reciprocal re-ranking (Zhong et al., CVPR 2017) -> new query-gallery distances [Q, G].
 
+  (Long because the docstring spells out the seven steps the body follows in order.)
+
   MEMORY: O((Q+G)^2). It builds the full (Q+G) x (Q+G) distance matrix, its argsort and dense
   (Q+G) x (Q+G) neighbour-weight matrices, about 50 (Q+G)^2 bytes at the peak (0.25 GB at the
   WMVeID863 test size, 5 GB at Q+G = 10k), so it is only for galleries of a few thousand.

@@ -254,6 +254,36 @@ IC_VARIANTS = ('paper', 'official')
 RELATIONS = ('none', '3m', 'cdc', 'hc')
 
 
+def _flare_term(flare_logits: Mapping[str, jax.Array], flare_labels: jax.Array,
+                loss_config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """L_f (Eq. 1, or the official KL) and the flare heads' accuracies against the pseudo-label."""
+  rgb_flare, ni_flare = flare_logits['rgb'], flare_logits['ni']
+  flare_labels = flare_labels.astype(jnp.int32)
+  if flare_labels.ndim != 2 or flare_labels.shape[1] != 2:
+    raise ValueError(f"batch['flare'] must have shape [B, 2], got {tuple(flare_labels.shape)}")
+  if loss_config.flare_loss == 'bce':
+    # Eq. 1 on each flare-susceptible modality with its own pseudo-label, summed.
+    flare = (losses.flare_loss(rgb_flare, flare_labels[:, 0]) +
+             losses.flare_loss(ni_flare, flare_labels[:, 1]))
+  else:
+    flare = losses.official_flare_loss(rgb_flare, ni_flare)
+  metrics = {'flare_acc_rgb': losses.top1_accuracy(rgb_flare, flare_labels[:, 0]),
+             'flare_acc_ni': losses.top1_accuracy(ni_flare, flare_labels[:, 1])}
+  metrics['flare_acc'] = 0.5 * (metrics['flare_acc_rgb'] + metrics['flare_acc_ni'])
+  return flare, metrics
+
+
+def _relation_term(features: Mapping[str, jax.Array], labels: jax.Array,
+                   loss_config: ml_collections.ConfigDict) -> jax.Array:
+  """The Table 5 relation loss named by `loss.relation` ('3m', 'cdc' or 'hc')."""
+  f_r, f_n, f_t = features['rgb'], features['ni'], features['ti']
+  if loss_config.relation == '3m':
+    return losses.three_m_loss(f_r, f_n, f_t, labels)
+  if loss_config.relation == 'cdc':
+    return losses.cdc_loss(f_r, f_n, f_t, labels)
+  return losses.hetero_center_loss(f_r, f_n, labels, distance=loss_config.hc_distance)
+
+
 def facenet_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
                         loss_config: ml_collections.ConfigDict
                         ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
@@ -297,20 +327,9 @@ def facenet_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Arra
   }
 
   if 'flare_logits' in outputs:
-    rgb_flare, ni_flare = outputs['flare_logits']['rgb'], outputs['flare_logits']['ni']
-    flare_labels = batch['flare'].astype(jnp.int32)
-    if flare_labels.ndim != 2 or flare_labels.shape[1] != 2:
-      raise ValueError(f"batch['flare'] must have shape [B, 2], got {tuple(flare_labels.shape)}")
-    if loss_config.flare_loss == 'bce':
-      # Eq. 1 on each flare-susceptible modality with its own pseudo-label, summed.
-      flare = (losses.flare_loss(rgb_flare, flare_labels[:, 0]) +
-               losses.flare_loss(ni_flare, flare_labels[:, 1]))
-    else:
-      flare = losses.official_flare_loss(rgb_flare, ni_flare)
+    flare, flare_metrics = _flare_term(outputs['flare_logits'], batch['flare'], loss_config)
     terms['flare'] = loss_config.flare_weight * flare
-    metrics['flare_acc_rgb'] = losses.top1_accuracy(rgb_flare, flare_labels[:, 0])
-    metrics['flare_acc_ni'] = losses.top1_accuracy(ni_flare, flare_labels[:, 1])
-    metrics['flare_acc'] = 0.5 * (metrics['flare_acc_rgb'] + metrics['flare_acc_ni'])
+    metrics.update(flare_metrics)
 
   if loss_config.ic:
     if loss_config.ic_variant == 'paper':
@@ -320,14 +339,8 @@ def facenet_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Arra
     terms['ic'] = loss_config.ic_weight * ic
 
   if loss_config.relation != 'none':
-    if loss_config.relation == '3m':
-      relation = losses.three_m_loss(features['rgb'], features['ni'], features['ti'], labels)
-    elif loss_config.relation == 'cdc':
-      relation = losses.cdc_loss(features['rgb'], features['ni'], features['ti'], labels)
-    else:
-      relation = losses.hetero_center_loss(features['rgb'], features['ni'], labels,
-                                           distance=loss_config.hc_distance)
-    terms['relation'] = loss_config.relation_weight * relation
+    terms['relation'] = loss_config.relation_weight * _relation_term(features, labels,
+                                                                     loss_config)
   return ({k: v.astype(jnp.float32) for k, v in terms.items()},
           {k: v.astype(jnp.float32) for k, v in metrics.items()})
 
