@@ -9,6 +9,7 @@ the released code bit for bit.
 def apply_official_recipe(config, base_lr: float, num_epochs: int, warmup_epochs: int):
   """SGD + cosine/warmup, soft-margin triplet, flare-head KL (0.8), MC loss with the T-N term."""
   config.data.flare_rule = 'official'          # top 2% of the own range, >= 9.5%, RGB and NI jointly
+  config.model.flare_head_bias = False         # the code's label heads are bias-free
   config.data.shared_augmentation = False      # the code draws flip/crop per modality
   config.optim.optimizer = 'sgd'
   config.optim.base_lr = base_lr

@@ -26,6 +26,7 @@ def _facenet_model() -> ml_collections.ConfigDict:
   model.plugin_layer = 4            # ResNet stage after which MFMP/FCE act (paper Table 4: 1..4)
   model.fmi_hidden_ratio = 0.25     # FMI conv-stack width as a fraction of C (paper silent)
   model.fmi_attention_ratio = 0.0625  # FMI SE-attention bottleneck as a fraction of C (paper silent; SE-Net 1/16)
+  model.mask_similarity = 'signed'  # Eq. 5's M_com: 'signed' q*k (FMI can switch a mask cell) | 'sigmoid' (earlier reading)
   _flare_switches(model)
   return model
 
@@ -60,6 +61,8 @@ def _flare_switches(model: ml_collections.ConfigDict) -> None:
   model.mask_temperature = 1.0      # temperature of the relaxed mask sigmoid((m - Delta) / T)
   model.test_time_fce = True        # apply FCE at test time, gated by each sample's own pseudo-label
   model.neck_feat = 'before'        # test embedding from features 'before' or 'after' the BNNeck
+  model.flare_head_bias = True      # flare classifier with a bias (learns the flare prior); official: False
+  model.identical_stream_init = True  # NI and TI streams start as copies of RGB (paper: one ImageNet init)
   # Official-code bugs, reproduced only when switched on explicitly.
   model.bug_rgb_uses_ni_mask = False   # RGB keeps f_R * (1 - M_N) instead of (1 - M_R)
   model.bug_batch_level_gating = False # enhance the whole batch when any sample is flared
@@ -159,7 +162,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- eval
   eval_ = config.eval = ml_collections.ConfigDict()
-  eval_.distance = 'euclidean_normalized'  # 'euclidean_normalized' (official) | 'euclidean' | 'cosine'
+  eval_.distance = 'euclidean_normalized'  # squared Euclidean on the L2-normalised embedding (official)
+                                    # | 'euclidean' (paper: plain Euclidean, no normalisation) | 'cosine'
   eval_.protocol = 'camera'         # junk rule: same pid & 'camera' (Market-1501) or same pid & 'scene'
   eval_.max_rank = 50               # CMC length
   eval_.query_chunk_size = 1024     # distances are computed this many queries at a time

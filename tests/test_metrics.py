@@ -465,3 +465,13 @@ def test_unknown_protocol_and_mismatched_records_are_clear_errors():
 def test_rank_summary_reads_r1_r5_r10_and_clamps_a_short_cmc():
   summary = protocols.rank_summary({'mAP': 0.5, 'mINP': 0.25, 'cmc': np.array([0.1, 0.2, 0.3])})
   assert summary == pytest.approx({'mAP': 0.5, 'mINP': 0.25, 'R1': 0.1, 'R5': 0.3, 'R10': 0.3})
+
+
+def test_plain_euclidean_sees_the_feature_scale_the_normalised_distances_do_not():
+  """The model's embedding is not normalised, so the paper's plain Euclidean distance is a real
+  choice: scaling a gallery vector changes its ranks under 'euclidean' only."""
+  q = np.array([[1.0, 0.0]], np.float32)
+  g = np.array([[3.0, 0.3], [0.9, 0.5]], np.float32)   # item 0: 3x the scale, closer in angle
+  for metric, nearest in (('euclidean', 1), ('euclidean_normalized', 0), ('cosine', 0)):
+    dist = evaluation.compute_distance_matrix(q, g, metric)
+    assert int(np.argmin(dist[0])) == nearest, metric

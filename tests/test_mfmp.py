@@ -67,14 +67,17 @@ def test_unknown_mask_estimator_names_the_field():
     modules.estimate_mask(jnp.zeros((1,)), jnp.float32(0), 'gumbel', 1.0, False)
 
 
-def test_mask_logits_follow_eqs_5_and_6_then_standardise():
+@pytest.mark.parametrize('similarity', modules.MASK_SIMILARITIES)
+def test_mask_logits_follow_eqs_5_and_6_then_standardise(similarity):
   f_c, f_s = _maps(3, n=2)
-  module = modules.MaskLogits(C)
+  module = modules.MaskLogits(C, similarity)
   variables = random_variables(module, f_c, f_s, train=True)
   got, _ = module.apply(variables, f_c, f_s, train=True, mutable=['batch_stats'])
   wq = np.asarray(variables['params']['proj_common']['kernel'])[0, 0]
   wk = np.asarray(variables['params']['proj_modality']['kernel'])[0, 0]
-  m_com = _sigmoid((f_c @ wq) * (f_s @ wk))
+  m_com = (f_c @ wq) * (f_s @ wk)
+  if similarity == 'sigmoid':
+    m_com = _sigmoid(m_com)
   affine = m_com * f_s + f_s                            # Eq. 5
   m = f_s * affine + f_s                                # Eq. 6
   mean, var = m.mean(axis=(0, 1, 2)), m.var(axis=(0, 1, 2))
@@ -113,19 +116,44 @@ def test_fmi_concatenates_runs_the_conv_stack_and_adds_attention_residually():
   assert float(jnp.abs(got).max()) > 0
 
 
-def test_flare_head_is_gap_bnneck_and_a_bias_free_two_way_classifier():
+@pytest.mark.parametrize('use_bias', [True, False])
+def test_flare_head_is_gap_bnneck_and_a_two_way_classifier(use_bias):
   (x,) = _maps(6, n=1)
-  head = modules.FlareHead()
+  head = modules.FlareHead(use_bias)
   variables = random_variables(head, x, train=True)
   assert set(variables['params']['bn']) == {'scale'}  # no BN bias
-  assert set(variables['params']['classifier']) == {'kernel'}
+  assert set(variables['params']['classifier']) == ({'kernel', 'bias'} if use_bias else {'kernel'})
   kernel = np.asarray(variables['params']['classifier']['kernel'])
+  bias = np.asarray(variables['params']['classifier']['bias']) if use_bias else np.zeros(2)
   assert kernel.shape == (C, 2)
   got, _ = head.apply(variables, x, train=True, mutable=['batch_stats'])
   pooled = x.mean(axis=(1, 2))
   normed = (pooled - pooled.mean(0)) / np.sqrt(pooled.var(0) + 1e-5)
   normed = normed * np.asarray(variables['params']['bn']['scale'])
-  np.testing.assert_allclose(np.asarray(got), normed @ kernel, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(got), normed @ kernel + bias, rtol=1e-4, atol=1e-6)
+  # The BatchNorm centres the pooled features over the batch, so without a bias the batch-mean
+  # logit is 0 for any kernel: a bias-free head cannot learn that most images are clean.
+  mean_logits = np.asarray(got).mean(axis=0)
+  np.testing.assert_allclose(mean_logits, bias, atol=1e-5)
+
+
+def test_signed_similarity_lets_fmi_switch_mask_cells_the_sigmoid_one_barely():
+  """Two unrelated common features f_C, one modality map f_S, strong projections: the fraction
+  of mask cells (m_S > 0 after standardising) that differ between the two."""
+  rng = np.random.default_rng(0)
+  shape = (8, 8, 4, C)
+  f_s = np.maximum(rng.normal(size=shape), 0).astype(np.float32)
+  commons = [np.maximum(rng.normal(size=shape), 0).astype(np.float32) for _ in range(2)]
+  changed = {}
+  for similarity in modules.MASK_SIMILARITIES:
+    module = modules.MaskLogits(C, similarity)
+    variables = random_variables(module, commons[0], f_s, train=True)
+    variables = jax.tree.map(lambda x: 10 * x, variables)   # a trained, strong interaction
+    masks = [np.asarray(module.apply(variables, jnp.asarray(c), jnp.asarray(f_s), train=True,
+                                     mutable=['batch_stats'])[0]) > 0 for c in commons]
+    changed[similarity] = float(np.mean(masks[0] != masks[1]))
+  assert changed['signed'] > 0.15, changed     # FMI decides a large share of the active cells
+  assert changed['sigmoid'] < 0.05, changed    # the mask is nearly f_S's whatever FMI says
 
 
 def _mfmp_grads(estimator, dead, fmi=True, head_input='mask'):
@@ -149,9 +177,9 @@ def _mfmp_grads(estimator, dead, fmi=True, head_input='mask'):
   return variables, jax.jit(jax.grad(loss))(variables['params'])
 
 
-def test_mfmp_initialisation_threshold_zero_and_bias_free_flare_classifiers():
+def test_mfmp_initialisation_threshold_zero_and_bias_free_official_flare_classifiers():
   f_r, f_n = _maps(11, n=2)
-  module = modules.MFMP(C, fmi=False)
+  module = modules.MFMP(C, fmi=False, flare_head_bias=False)
   init = jax.jit(lambda key: module.init(key, f_r, f_n, train=False))
   params = init(jax.random.key(0, impl='rbg'))['params']
   assert float(params['threshold']) == 0.0  # Sec. 3.2: Delta is initialised to zero

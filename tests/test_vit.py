@@ -71,7 +71,7 @@ SWITCHES = [
     {'mask_estimator': 'straight_through', 'neck_feat': 'after', 'bug_rgb_uses_ni_mask': True,
      'bug_batch_level_gating': True, 'bug_dead_threshold': True,
      'cross_attention_split': 'standard'},
-    {'dtype': 'bfloat16', 'flare_head_input': 'mask_logits'},
+    {'dtype': 'bfloat16', 'flare_head_input': 'mask_logits', 'flare_head_bias': False},
 ]
 
 
@@ -116,7 +116,8 @@ def test_outputs_and_parameter_tree_for_every_switch(overrides):
       assert set(mfmp['cross_attention']['to_q']) == {'kernel'}
       assert set(mfmp['cross_attention']['out']) == {'kernel', 'bias'}
     assert set(mfmp['flare_head_rgb']) == {'token_head', 'bn', 'classifier'}
-    assert set(mfmp['flare_head_rgb']['classifier']) == {'kernel'}
+    assert set(mfmp['flare_head_rgb']['classifier']) == (
+        {'kernel', 'bias'} if config.flare_head_bias else {'kernel'})
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
 
 
@@ -132,7 +133,7 @@ def test_full_size_parameter_counts_match_vit_b16_by_hand():
   assert counts['backbone_rgb'] == stream == 78_657_024
   assert counts['vit_head_ni'] == block + 2 * 768
   assert counts['mfmp/cross_attention'] == 2 * cross_per_direction
-  assert counts['mfmp/flare_head_rgb'] == block + 2 * 768 + 768 + 768 * 2
+  assert counts['mfmp/flare_head_rgb'] == block + 2 * 768 + 768 + 768 * 2 + 2   # + bias
   assert counts['head_ti'] == 768 + 768 * 10
 
 

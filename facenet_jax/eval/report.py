@@ -65,7 +65,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
                   files['rank_list'], num_rank_list_queries)
   if q.get('masks'):
     files['flare_masks'] = out / 'flare_masks.png'
-    _plot_masks(q['masks'], exp.query, files['flare_masks'])
+    _plot_masks(q['masks'], exp.query, files['flare_masks'], config.data.flare_rule)
   if export_features:
     for name, feats, recs in (('query', q['embedding'], exp.query),
                               ('gallery', g['embedding'], exp.gallery)):
@@ -90,14 +90,15 @@ def _plot_rank_list(q_feats, g_feats, query, gallery, config, path, num_queries)
   visualize.plot_rank_list(query_images, gallery_images, order, matches, path, top_k=10)
 
 
-def _plot_masks(masks, query, path, max_images=6):
-  """Overlay the RGB/NI masks of the first flared queries (or the first queries if none)."""
+def _plot_masks(masks, query, path, flare_rule: str, max_images=6):
+  """Overlay the RGB/NI masks of the first flared queries (or the first queries if none); flared
+  by the configured pseudo-label rule (`config.data.flare_rule`)."""
   from input_pipeline import flare_label  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   triplets, flared = [], []
   for i, record in enumerate(query):
     images = pipeline.load_record_triplet(record)
-    if flare_label.flare_bits(images[0], images[1], 'paper').any():
+    if flare_label.flare_bits(images[0], images[1], flare_rule).any():
       flared.append(i)
       triplets.append(images)
     if len(flared) == max_images:

@@ -102,12 +102,16 @@ class FACENet(nn.Module):
   flare_head_input: str = 'mask'
   test_time_fce: bool = True
   neck_feat: str = 'before'
+  mask_similarity: str = 'signed'
+  flare_head_bias: bool = True
+  identical_stream_init: bool = True
   bug_rgb_uses_ni_mask: bool = False
   bug_batch_level_gating: bool = False
   bug_dead_threshold: bool = False
 
   def __post_init__(self):
     _check_flare_switches(self)
+    _check_choice(self.mask_similarity, mfmp_lib.MASK_SIMILARITIES, 'mask_similarity')
     resnet.check_depth(self.depth)
     _check_choice(self.plugin_layer, (1, 2, 3, 4), 'plugin_layer')
     _check_choice(self.last_stride, (1, 2), 'last_stride')
@@ -123,7 +127,8 @@ class FACENet(nn.Module):
           features=channels, fmi=self.fmi, hidden_ratio=self.fmi_hidden_ratio,
           attention_ratio=self.fmi_attention_ratio, mask_estimator=self.mask_estimator,
           mask_temperature=self.mask_temperature, flare_head_input=self.flare_head_input,
-          dead_threshold=self.bug_dead_threshold, dtype=dtype, name='mfmp')
+          dead_threshold=self.bug_dead_threshold, mask_similarity=self.mask_similarity,
+          flare_head_bias=self.flare_head_bias, dtype=dtype, name='mfmp')
     self.heads = {s: heads.BNNeckHead(self.num_classes, dtype, name=f'head_{s}')
                   for s in STREAMS}
 
@@ -175,6 +180,8 @@ class FACENetViT(nn.Module):
   flare_head_input: str = 'mask'
   test_time_fce: bool = True
   neck_feat: str = 'before'
+  flare_head_bias: bool = True
+  identical_stream_init: bool = True
   bug_rgb_uses_ni_mask: bool = False
   bug_batch_level_gating: bool = False
   bug_dead_threshold: bool = False
@@ -230,7 +237,8 @@ class FACENetViT(nn.Module):
           self.num_heads, self.mlp_ratio, head_rate, self.fmi, self.cross_attention_heads,
           self.cross_attention_dim_head, self.cross_attention_split,
           self.cross_attention_dropout, self.mask_estimator, self.mask_temperature,
-          self.flare_head_input, self.bug_dead_threshold, dtype, name='mfmp')(
+          self.flare_head_input, self.bug_dead_threshold, self.flare_head_bias, dtype,
+          name='mfmp')(
               {s: cls[s] for s in flare_streams}, {s: grid[s] for s in flare_streams}, train)
       outputs.update(_flare_outputs(mf))
       if self.fce and (train or self.test_time_fce):
@@ -346,6 +354,26 @@ def facenet_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Arra
 
 
 # -------------------------------------------------------------------------------- registration
+def _identical_streams(model: nn.Module, variables: dict[str, Any]) -> dict[str, Any]:
+  """With `model.identical_stream_init`, the NI and TI streams start as copies of the RGB one.
+
+  The paper starts all three streams from the same ImageNet weights and the official code deep-
+  copies one stream; Eq. 7 swaps TI channel c into RGB/NI channel c, which only means something
+  when the streams start alike. Random initialisation would otherwise give three unrelated
+  streams. (Pretrained weights, loaded afterwards, are the same for all three anyway.)
+  """
+  if not model.identical_stream_init:
+    return variables
+  out = dict(variables)
+  for collection, tree in variables.items():
+    if BACKBONE_NAMES['rgb'] in tree:
+      tree = dict(tree)
+      for s in STREAMS[1:]:
+        tree[BACKBONE_NAMES[s]] = tree[BACKBONE_NAMES['rgb']]
+      out[collection] = tree
+  return out
+
+
 # pretrained imports this module (stream names), so it is imported when weights are loaded.
 def _load_resnet_streams(variables, path, model_config, image_size):
   from facenet_jax import pretrained  # pylint: disable=g-import-not-at-top
@@ -363,8 +391,8 @@ def _load_vit_streams(variables, path, model_config, image_size):
 registry.register(registry.ModelSpec(
     name='facenet', module=FACENet, loss_bundle=facenet_loss_bundle,
     batch=batches.ALIGNED_TRIPLETS, load_pretrained=_load_resnet_streams,
-    description='FACENet (paper): three ResNet streams, MFMP + FCE, BNNeck heads'))
+    finalize_init=_identical_streams, description='FACENet (paper): three ResNet streams, MFMP + FCE, BNNeck heads'))
 registry.register(registry.ModelSpec(
     name='facenet_vit', module=FACENetViT, loss_bundle=facenet_loss_bundle,
     batch=batches.ALIGNED_TRIPLETS, load_pretrained=_load_vit_streams,
-    description='FACENet (official code): three ViT-B/16 streams, token cross-attention MFMP'))
+    finalize_init=_identical_streams, description='FACENet (official code): three ViT-B/16 streams, token cross-attention MFMP'))

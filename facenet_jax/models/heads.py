@@ -6,7 +6,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from facenet_jax.linalg import l2_normalize
 from facenet_jax.models import resnet
 
 NECK_FEATS = ('before', 'after')
@@ -43,8 +42,10 @@ def branch_outputs(features: Mapping[str, jax.Array], heads: Mapping[str, BNNeck
     'bn_features': {branch: [B, D]} after the BNNeck
     'logits':      {branch: [B, num_classes]}
     'embedding':   [B, n_branches * D], the test embedding: the concatenation of the features
-                   before (`neck_feat='before'`) or after the BNNeck, L2-normalised as one vector
-                   (official evaluation).
+                   before (`neck_feat='before'`) or after the BNNeck, as it is. Normalising is the
+                   distance's job (`config.eval.distance`): 'euclidean_normalized' (default, the
+                   official evaluation) L2-normalises the whole vector, 'euclidean' is the paper's
+                   plain Euclidean distance on the concatenation.
   """
   features = {s: f.astype(jnp.float32) for s, f in features.items()}
   bn_features, logits = {}, {}
@@ -52,4 +53,4 @@ def branch_outputs(features: Mapping[str, jax.Array], heads: Mapping[str, BNNeck
     bn_features[s], logits[s] = heads[s](f, train)
   chosen = features if neck_feat == 'before' else bn_features
   return {'features': features, 'bn_features': bn_features, 'logits': logits,
-          'embedding': l2_normalize(jnp.concatenate(list(chosen.values()), axis=-1))}
+          'embedding': jnp.concatenate(list(chosen.values()), axis=-1)}

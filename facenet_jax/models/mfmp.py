@@ -11,9 +11,15 @@ the choice made here is stated below and next to the code:
     global AAP and a bottleneck of `model.fmi_attention_ratio` * C; Eq. 4 is read as
     f_C = f_att * f_C' + f_C'.
   * M_com (Eq. 5, not specified): per modality S, two bias-free 1x1 convs project the common
-    feature f_C and the modality feature f_S; M_com = sigmoid(q * k) is their element-wise
-    (per position, per channel) similarity squashed to (0, 1), matching the stated
-    B x C x HW shape of the affine matrix. Eq. 5: A = M_com * f_S + f_S.
+    feature f_C and the modality feature f_S; M_com is their element-wise (per position, per
+    channel) similarity, matching the stated B x C x HW shape of the affine matrix.
+    Eq. 5: A = M_com * f_S + f_S. `model.mask_similarity` says which similarity:
+      'signed'   M_com = q * k, unbounded and signed (default). Then m_S = f_S^2 (1 + q k) + f_S:
+                 where the interaction says so (q k < -1) the squared term flips sign, so FMI can
+                 switch the mask on or off at any active position (tests/test_mfmp.py measures it).
+      'sigmoid'  M_com = sigmoid(q * k) in (0, 1) (this project's earlier reading). Then FMI can at
+                 most double f_S^2: the masks are nearly those of f_S alone whatever FMI computes
+                 (measured: ~2% of mask cells change between two unrelated common features).
   * Eq. 6 (circular) is read as m_S = f_S * A + f_S. Because f_S is post-ReLU, m_S >= 0, so a
     threshold Delta = 0 would flag every active position; m_S is therefore standardised per channel
     by a BatchNorm without scale or bias before thresholding (Delta = 0 then splits each channel at
@@ -26,8 +32,9 @@ the choice made here is stated below and next to the code:
   * SMP flare classifier (Eq. 1, input not specified): GAP over space of the mask M_S
     (`model.flare_head_input='mask'`, so L_f supervises the mask itself and Delta) or of the
     pre-threshold map m_S ('mask_logits', like the official label heads that read the feature the
-    mask thresholds), then a BNNeck-style BatchNorm (no bias) and a bias-free 2-way Dense,
-    N(0, 0.001^2), as the official label heads.
+    mask thresholds), then a BNNeck-style BatchNorm (no bias) and a 2-way Dense, N(0, 0.001^2).
+    `model.flare_head_bias` (default on) gives that Dense a bias so the classifier can learn the
+    flare prior (most images are clean); off is the official label heads' bias-free layer.
   * fmi off (Table 2 "MFMP w/o FMI"): no concatenation, conv stack or attention; each modality's
     mask is predicted from that modality alone (f_S plays the role of f_C in Eqs. 5-6).
   * FCE (Eq. 7) on flare-free samples returns the sample's own feature unchanged (journal figure,
@@ -44,6 +51,7 @@ from facenet_jax import batches
 from facenet_jax.models import resnet
 
 MASK_ESTIMATORS = ('sigmoid', 'straight_through')
+MASK_SIMILARITIES = ('signed', 'sigmoid')
 FLARE_HEAD_INPUTS = ('mask', 'mask_logits')
 MODALITIES = batches.FLARE_MODALITIES
 
@@ -123,9 +131,11 @@ class FMI(nn.Module):
 class MaskLogits(nn.Module):
   """Per-modality mask map before thresholding, Eqs. 5-6. `f_C, f_S: [B,h,w,C] -> m_S: [B,h,w,C]`.
 
-  Returns float32: the standardised map m_S that Delta thresholds (see module docstring).
+  Returns float32: the standardised map m_S that Delta thresholds (see module docstring);
+  `similarity` is `model.mask_similarity`.
   """
   features: int
+  similarity: str = 'signed'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -133,7 +143,9 @@ class MaskLogits(nn.Module):
     f_s = f_s.astype(self.dtype)
     q = _conv(self.features, 1, self.dtype, 'proj_common')(common.astype(self.dtype))
     k = _conv(self.features, 1, self.dtype, 'proj_modality')(f_s)
-    m_com = nn.sigmoid(q * k)                      # M_com: per-position, per-channel similarity
+    m_com = q * k                                  # M_com: per-position, per-channel similarity
+    if self.similarity == 'sigmoid':
+      m_com = nn.sigmoid(m_com)
     affine = m_com * f_s + f_s                     # Eq. 5: Mtrx_A = M_com * f_S + f_S
     m = f_s * affine + f_s                         # Eq. 6 (read as M_S = f_S * Mtrx_A + f_S)
     # Standardise per channel (no learned scale/shift: Delta is the only learned offset).
@@ -163,13 +175,14 @@ def estimate_mask(mask_logits: jax.Array, threshold: jax.Array, estimator: str,
 
 class FlareHead(nn.Module):
   """SMP flare classifier (Eq. 1's y_hat). `[B, h, w, C] -> [B, 2]` float32 logits (1 = flared)."""
+  use_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # GAP: [B, C]
     pooled = _batch_norm(train, self.dtype, 'bn', use_bias=False)(pooled)
-    logits = nn.Dense(2, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+    logits = nn.Dense(2, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
                       kernel_init=nn.initializers.normal(0.001), name='classifier')(pooled)
     return logits.astype(jnp.float32)
 
@@ -191,6 +204,8 @@ class MFMP(nn.Module):
   mask_temperature: float = 1.0
   flare_head_input: str = 'mask'
   dead_threshold: bool = False
+  mask_similarity: str = 'signed'
+  flare_head_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -205,13 +220,15 @@ class MFMP(nn.Module):
     threshold = self.param('threshold', nn.initializers.zeros, (), jnp.float32)
     out = {'mask_logits': {}, 'masks': {}, 'flare_logits': {}, 'threshold': threshold}
     for s in MODALITIES:
-      m = MaskLogits(self.features, self.dtype, name=f'mask_{s}')(commons[s], feats[s], train)
+      m = MaskLogits(self.features, self.mask_similarity, self.dtype, name=f'mask_{s}')(
+          commons[s], feats[s], train)
       mask = estimate_mask(m, threshold, self.mask_estimator, self.mask_temperature,
                            self.dead_threshold)
       head_input = mask if self.flare_head_input == 'mask' else m
       out['mask_logits'][s] = m
       out['masks'][s] = mask
-      out['flare_logits'][s] = FlareHead(self.dtype, name=f'flare_head_{s}')(head_input, train)
+      out['flare_logits'][s] = FlareHead(self.flare_head_bias, self.dtype,
+                                         name=f'flare_head_{s}')(head_input, train)
     return out
 
 

@@ -48,6 +48,8 @@ class ModelSpec:
   loss_bundle: LossBundle
   batch: batches.BatchContract
   load_pretrained: PretrainedLoader | None = None
+  # (model, freshly initialised variables) -> variables, e.g. streams that start identical.
+  finalize_init: Callable[[nn.Module, dict[str, Any]], dict[str, Any]] | None = None
   description: str = ''
 
 
@@ -102,8 +104,10 @@ def spec_of(model: nn.Module) -> ModelSpec:
 def init_variables(model: nn.Module, image_size: tuple[int, int], rng: jax.Array,
                    batch_size: int = 2) -> dict[str, Any]:
   """`{'params', 'batch_stats'}` of `model` from a zero batch of its contract at `image_size`."""
-  inputs = spec_of(model).batch.dummy_inputs(tuple(image_size), batch_size)
-  return dict(model.init({'params': rng, 'dropout': rng}, *inputs, train=False))
+  spec = spec_of(model)
+  inputs = spec.batch.dummy_inputs(tuple(image_size), batch_size)
+  variables = dict(model.init({'params': rng, 'dropout': rng}, *inputs, train=False))
+  return spec.finalize_init(model, variables) if spec.finalize_init else variables
 
 
 def parameter_counts(model: nn.Module, image_size: tuple[int, int],

@@ -124,10 +124,15 @@ MutualCrossAttention = nn.vmap(
 
 
 class FlareTokenHead(nn.Module):
-  """Flare classifier: TokenHead on `[B, 1 + n, D]` -> BN (no bias) -> Linear(D, 2) -> `[B, 2]`."""
+  """Flare classifier: TokenHead on `[B, 1 + n, D]` -> BN (no bias) -> Linear(D, 2) -> `[B, 2]`.
+
+  The Linear has a bias when `use_bias` (`model.flare_head_bias`, so the flare prior can be
+  learned); the official code's is bias-free.
+  """
   num_heads: int
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
+  use_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -137,7 +142,7 @@ class FlareTokenHead(nn.Module):
     h = nn.BatchNorm(use_running_average=not train, use_bias=False, momentum=resnet.BN_MOMENTUM,
                      epsilon=resnet.BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
                      name='bn')(h)
-    logits = nn.Dense(2, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+    logits = nn.Dense(2, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
                       kernel_init=nn.initializers.normal(0.001), name='classifier')(h)
     return logits.astype(jnp.float32)
 
@@ -164,6 +169,7 @@ class TokenMFMP(nn.Module):
   mask_temperature: float = 1.0
   flare_head_input: str = 'mask'
   dead_threshold: bool = False
+  flare_head_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -190,7 +196,7 @@ class TokenMFMP(nn.Module):
       head_tokens = z_hat if self.flare_head_input == 'mask_logits' else mask * z_hat
       head_in = jnp.concatenate([cls[s].astype(jnp.float32), head_tokens], axis=1)
       out['flare_logits'][s] = FlareTokenHead(
-          self.num_heads, self.mlp_ratio, self.head_drop_path, self.dtype,
+          self.num_heads, self.mlp_ratio, self.head_drop_path, self.flare_head_bias, self.dtype,
           name=f'flare_head_{s}')(head_in.astype(self.dtype), train)
       out['mask_logits'][s] = z_hat.reshape(b, gh, gw, d)
       out['masks'][s] = mask.reshape(b, gh, gw, d)
