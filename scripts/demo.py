@@ -73,9 +73,9 @@ def main(argv):
               f'mAP {100 * chance_map:.2f}, R-1 {100 * chance_r1:.2f}')
   console.say(f'Wall time: {train_time / 60:.1f} min training (incl. data generation), '
               f'{(time.time() - start) / 60:.1f} min in all')
-  console.say('Pictures and metrics:')
-  for name, path in result['files'].items():
-    console.say(f'  {name:>12}: {path}')
+  folder = os.path.dirname(result['files']['metrics'])
+  console.say(f'Pictures and metrics in {folder}: ' +
+              ', '.join(os.path.basename(p) for p in result['files'].values()))
 
 
 if __name__ == '__main__':
