@@ -152,7 +152,7 @@ class MFMP(nn.Module):
     common = att * common + common                                       # Eq. 4
     masks, flare_logits = {}, {}
     for s, f_s in (('rgb', f_r), ('ni', f_n)):
-      m_com = self.proj_common[s](common) * self.proj_modality[s](f_s)  # signed similarity
+      m_com = torch.sigmoid(self.proj_common[s](common) * self.proj_modality[s](f_s))
       affine = m_com * f_s + f_s                                         # Eq. 5
       m = f_s * affine + f_s                                             # Eq. 6
       with torch.autocast(m.device.type, enabled=False):
@@ -229,7 +229,7 @@ def build_torch_model(model_config: Any, num_classes: int) -> TorchFACENet:
   """The torch mirror of `models.build_model(config.model, num_classes)` (default switches)."""
   unsupported = {'name': 'facenet', 'mfmp': True, 'fmi': True, 'fce': True,
                  'mask_estimator': 'sigmoid', 'flare_head_input': 'mask',
-                 'mask_similarity': 'signed', 'flare_head_bias': True,
+                 'mask_similarity': 'sigmoid', 'flare_head_bias': True,
                  'bug_rgb_uses_ni_mask': False, 'bug_batch_level_gating': False,
                  'bug_dead_threshold': False}
   for field, value in unsupported.items():

@@ -26,7 +26,7 @@ def _facenet_model() -> ml_collections.ConfigDict:
   model.plugin_layer = 4            # ResNet stage after which MFMP/FCE act (paper Table 4: 1..4)
   model.fmi_hidden_ratio = 0.25     # FMI conv-stack width as a fraction of C (paper silent)
   model.fmi_attention_ratio = 0.0625  # FMI SE-attention bottleneck as a fraction of C (paper silent; SE-Net 1/16)
-  model.mask_similarity = 'signed'  # Eq. 5's M_com: 'signed' q*k (FMI can switch a mask cell) | 'sigmoid' (earlier reading)
+  model.mask_similarity = 'sigmoid'  # Eq. 5's M_com: 'sigmoid' in (0, 1) | 'signed' 2 tanh(q*k): FMI can switch mask cells (see mfmp.py)
   _flare_switches(model)
   return model
 

@@ -75,9 +75,8 @@ def test_mask_logits_follow_eqs_5_and_6_then_standardise(similarity):
   got, _ = module.apply(variables, f_c, f_s, train=True, mutable=['batch_stats'])
   wq = np.asarray(variables['params']['proj_common']['kernel'])[0, 0]
   wk = np.asarray(variables['params']['proj_modality']['kernel'])[0, 0]
-  m_com = (f_c @ wq) * (f_s @ wk)
-  if similarity == 'sigmoid':
-    m_com = _sigmoid(m_com)
+  qk = (f_c @ wq) * (f_s @ wk)
+  m_com = _sigmoid(qk) if similarity == 'sigmoid' else 2 * np.tanh(qk)
   affine = m_com * f_s + f_s                            # Eq. 5
   m = f_s * affine + f_s                                # Eq. 6
   mean, var = m.mean(axis=(0, 1, 2)), m.var(axis=(0, 1, 2))
@@ -152,7 +151,7 @@ def test_signed_similarity_lets_fmi_switch_mask_cells_the_sigmoid_one_barely():
     masks = [np.asarray(module.apply(variables, jnp.asarray(c), jnp.asarray(f_s), train=True,
                                      mutable=['batch_stats'])[0]) > 0 for c in commons]
     changed[similarity] = float(np.mean(masks[0] != masks[1]))
-  assert changed['signed'] > 0.15, changed     # FMI decides a large share of the active cells
+  assert changed['signed'] > 0.1, changed      # FMI decides a good share of the active cells
   assert changed['sigmoid'] < 0.05, changed    # the mask is nearly f_S's whatever FMI says
 
 

@@ -23,6 +23,7 @@ from facenet_jax import distributed
 from facenet_jax import experiment
 from facenet_jax import train
 from facenet_jax.eval import evaluator
+from facenet_jax.eval import protocols
 from facenet_jax.train_state import to_variables
 from tests.tiny import SHORT_SGD_RUN
 from tests.tiny import subprocess_env
@@ -96,8 +97,11 @@ def test_two_processes_give_the_losses_of_one_process_with_the_same_devices(pair
   pair = {l['step']: l for l in _metric_lines(root / 'pair') if 'train/loss' in l}
   single = {l['step']: l for l in _metric_lines(root / 'single') if 'train/loss' in l}
   assert sorted(pair) == sorted(single) == [1, 2, 3]
+  # rtol 1e-3: the gradient all-reduce sums in another order across processes (float noise).
+  terms = ('train/loss', 'train/id', 'train/triplet', 'train/flare', 'train/ic',
+           'train/grad_norm')
   for step in single:
-    for term in ('train/loss', 'train/id', 'train/triplet', 'train/flare', 'train/ic', 'train/grad_norm'):
+    for term in terms:
       np.testing.assert_allclose(pair[step][term], single[step][term], rtol=1e-3, atol=1e-5,
                                  err_msg=f'{term} at step {step}')
 
@@ -113,14 +117,11 @@ def test_only_process_zero_writes_logs_and_metric_files(pair_and_single):
 
 
 def test_evaluation_gathers_every_image_once_and_matches_one_process(pair_and_single):
-  _, root = pair_and_single
-  pair = [l for l in _metric_lines(root / 'pair') if 'test/mAP' in l][-1]
-  single = [l for l in _metric_lines(root / 'single') if 'test/mAP' in l][-1]
-  for key in ('val/mAP', 'test/mAP', 'test/mINP', 'test/R1', 'test/R5', 'test/R10'):
-    np.testing.assert_allclose(pair[key], single[key], rtol=1e-3, atol=1e-4, err_msg=key)
+  """The pair's checkpoint, evaluated in this one process, gives the metrics the pair logged.
 
-
-def test_a_checkpoint_written_by_the_pair_restores_in_one_process(pair_and_single):
+  Same weights on both sides, so any image embedded twice, dropped or misplaced by the
+  multi-process gather would show; the two trainings' own weights differ by float noise.
+  """
   config, root = pair_and_single
   exp = experiment.build_experiment(config)
   ckpt = checkpointing.Checkpointer(root / 'pair', config.train.keep_checkpoints)
@@ -128,9 +129,14 @@ def test_a_checkpoint_written_by_the_pair_restores_in_one_process(pair_and_singl
   ckpt.close()
   assert int(jax.device_get(state.step)) == 3 and meta['step'] == 3
   ev = evaluator.Evaluator(exp.model, exp.spec, exp.mesh, config)
-  metrics = ev.evaluate(to_variables(state), exp.query, exp.gallery).metrics
+  variables = to_variables(state)
   logged = [l for l in _metric_lines(root / 'pair') if 'test/mAP' in l][-1]
-  np.testing.assert_allclose(metrics['mAP'], logged['test/mAP'], rtol=1e-4)
+  for split, query, gallery in (('val', exp.val_query, exp.val_gallery),
+                                ('test', exp.query, exp.gallery)):
+    summary = protocols.rank_summary(ev.evaluate(variables, query, gallery).metrics)
+    for key, value in summary.items():
+      np.testing.assert_allclose(value, logged[f'{split}/{key}'], rtol=1e-4, atol=1e-6,
+                                 err_msg=f'{split}/{key}')
 
 
 def test_a_peer_that_never_starts_is_a_clear_error_not_a_hang(tiny_synthetic_root, tmp_path):

@@ -102,7 +102,7 @@ class FACENet(nn.Module):
   flare_head_input: str = 'mask'
   test_time_fce: bool = True
   neck_feat: str = 'before'
-  mask_similarity: str = 'signed'
+  mask_similarity: str = 'sigmoid'
   flare_head_bias: bool = True
   identical_stream_init: bool = True
   bug_rgb_uses_ni_mask: bool = False
