@@ -19,6 +19,10 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   logs unless `--verbose` (before TensorFlow is imported). Used as
   `app.run(main, flags_parser=parse_flags)`.
   """
+  repeated = _repeated_overrides(argv[1:])
+  if repeated:
+    sys.exit(f'Config override given more than once: {", ".join(repeated)} (each key once: a '
+             'repeated tuple override would otherwise be appended, not replaced).')
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as e:
@@ -30,3 +34,16 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     sys.exit(f'Invalid config override among {overrides}: {message}')
   console.quiet_library_logs(VERBOSE.value)
   return remaining
+
+
+def _repeated_overrides(args: Sequence[str]) -> list[str]:
+  """`--config.a.b` keys that appear more than once among `args` (`--k=v` or `--k v` forms)."""
+  seen, repeated = set(), []
+  for arg in args:
+    if not arg.startswith('--config.'):
+      continue
+    key = arg.split('=', 1)[0]
+    if key in seen and key not in repeated:
+      repeated.append(key)
+    seen.add(key)
+  return repeated

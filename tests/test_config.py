@@ -85,6 +85,15 @@ def test_unknown_override_key_is_rejected_with_a_message_naming_the_key():
   assert 'Traceback' not in result.stderr
 
 
+def test_an_override_given_twice_is_rejected_naming_the_key():
+  """ml_collections appends a repeated tuple override ((3,) then (7, 9) gave (3, 7, 9))."""
+  result = _run_train_script('--config.optim.decay_epochs=(3,)',
+                             '--config.optim.decay_epochs=(7,9)')
+  assert result.returncode != 0
+  assert 'more than once: --config.optim.decay_epochs' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
 def test_override_of_the_wrong_type_is_rejected_naming_the_field():
   result = _run_train_script('--config.model.depth=fifty')
   assert result.returncode != 0
