@@ -61,13 +61,15 @@ class Checkpointer:
     return True
 
   def save_best(self, state: TrainState, meta: dict[str, Any]) -> None:
+    """Save the new best, and only then remove the older one: a kill, an OOM or a full disk
+    during the save leaves the previous best in place (there is always a valid best)."""
     step = int(jax.device_get(state.step))
-    for old in self.best.all_steps():
-      if old != step:
-        self.best.delete(old)
     if step not in self.best.all_steps():
       self.best.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    for old in self.best.all_steps():
+      if old != step:
+        self.best.delete(old)
 
   # -------------------------------------------------------------- restoring
   def latest_step(self) -> int | None:
