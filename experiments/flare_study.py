@@ -218,7 +218,7 @@ def _restore_latest(config: ml_collections.ConfigDict, workdir: str) -> _Restore
 
   exp = experiment.build_eval_experiment(config)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
-  variables, step, _ = ckpt.restore_variables(experiment.abstract_variables(exp))
+  variables, step, _ = ckpt.restore_variables(exp.variable_template)
   ckpt.close()
   return _RestoredRun(exp, variables, step,
                       evaluator.Evaluator(exp.model, exp.spec, exp.mesh, config))

@@ -3,7 +3,8 @@
 `build_experiment(config)` is everything a training run needs before its first step;
 `build_eval_experiment(config)` is the subset evaluation needs (records, mesh, model; no
 optimiser). The state is created (`create_state`), or described for a restore
-(`abstract_state`, `abstract_variables`), from them. This module and `facenet_jax.eval` are where
+(`exp.variable_template`, `abstract_state`), from them; the model's init is traced for shapes
+once per experiment. This module and `facenet_jax.eval` are where
 the library meets `input_pipeline` (records and streams).
 """
 
@@ -37,6 +38,9 @@ class EvalExperiment:
   val_gallery: list
   query: list
   gallery: list
+  # `{'params', 'batch_stats'}` as shapes/dtypes with replicated shardings (no values): the
+  # restore template of evaluation and the tree every other template derives from.
+  variable_template: dict[str, Any]
 
 
 @dataclasses.dataclass
@@ -78,7 +82,8 @@ def build_eval_experiment(config: ml_collections.ConfigDict) -> EvalExperiment:
   return EvalExperiment(config=config, mesh=mesh, spec=spec, model=model,
                         num_classes=num_classes, train_records=train_records,
                         val_query=val_query, val_gallery=val_gallery, query=splits.query,
-                        gallery=splits.gallery)
+                        gallery=splits.gallery,
+                        variable_template=_variable_template(model, config, mesh))
 
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
@@ -96,7 +101,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   learning_rate_fn = optim.create_learning_rate_fn(config.optim, steps_per_epoch,
                                                    config.train.num_epochs)
   # The optimiser's decay/LR masks need only the parameter tree's structure.
-  tx = optim.create_optimizer(config.optim, abstract_variables(base)['params'], steps_per_epoch,
+  tx = optim.create_optimizer(config.optim, base.variable_template['params'], steps_per_epoch,
                               config.train.num_epochs)
   return Experiment(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
                     steps_per_epoch=steps_per_epoch, total_steps=total_steps, tx=tx,
@@ -120,24 +125,22 @@ def _abstract_with_replicated_sharding(tree: Any, mesh: jax.sharding.Mesh) -> An
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), tree)
 
 
-def abstract_variables(exp: EvalExperiment) -> dict[str, Any]:
-  """`{'params', 'batch_stats'}` as shapes/dtypes with replicated shardings (no values).
-
-  The restore template of evaluation: nothing is initialised or compiled for it.
-  """
-  shapes = jax.eval_shape(lambda r: registry.init_variables(
-      exp.model, exp.config.data.image_size, r), jax.random.PRNGKey(0))
+def _variable_template(model, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """The model's `{'params', 'batch_stats'}` traced for shapes only (nothing initialised)."""
+  shapes = jax.eval_shape(lambda r: registry.init_variables(model, config.data.image_size, r),
+                          jax.random.PRNGKey(0))
   shapes = {'params': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})}
-  return _abstract_with_replicated_sharding(shapes, exp.mesh)
+  return _abstract_with_replicated_sharding(shapes, mesh)
 
 
-def create_state(exp: Experiment, load_pretrained: bool = True) -> TrainState:
-  """A replicated step-0 state (pass `load_pretrained=False` for a restore template)."""
+def create_state(exp: Experiment) -> TrainState:
+  """A replicated step-0 state, with the pretrained weights when `model.pretrained_path`."""
   rng = jax.random.PRNGKey(exp.config.train.seed)
   init_rng, state_rng = jax.random.split(rng)
   variables = jax.jit(lambda r: registry.init_variables(
       exp.model, exp.config.data.image_size, r))(init_rng)
-  if load_pretrained and exp.config.model.pretrained_path:
+  if exp.config.model.pretrained_path:
     variables = _load_pretrained(exp, variables)
   state = create_train_state(variables, exp.tx, state_rng)
   distributed.barrier('create_state')   # device_put checks equality across processes
@@ -148,10 +151,9 @@ def abstract_state(exp: Experiment) -> TrainState:
   """The state's structure, shapes, dtypes and (replicated) shardings, with no values.
 
   A restore template: orbax fills it from the checkpoint, so nothing is initialised or compiled
-  for it (initialising the model takes ~20 s on a CPU even for ResNet-18 streams).
+  for it (initialising the model takes ~20 s on a CPU even for ResNet-18 streams). Derived from
+  `exp.variable_template`: only the optimiser's init is traced here, not the model's.
   """
-  def build(rng):
-    variables = registry.init_variables(exp.model, exp.config.data.image_size, rng)
-    return create_train_state(dict(variables), exp.tx, rng)
-  return _abstract_with_replicated_sharding(jax.eval_shape(build, jax.random.PRNGKey(0)),
-                                            exp.mesh)
+  shapes = jax.eval_shape(lambda v: create_train_state(v, exp.tx, jax.random.PRNGKey(0)),
+                          exp.variable_template)
+  return _abstract_with_replicated_sharding(shapes, exp.mesh)

@@ -39,7 +39,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
                      'nothing to evaluate.')
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
   variables, restored_step, meta = ckpt.restore_variables(
-      experiment.abstract_variables(exp), step=step, best=best)
+      exp.variable_template, step=step, best=best)
   ckpt.close()
   logging.info('Restored %s checkpoint at step %d (%s)', 'best' if best else 'step',
                restored_step, meta)
