@@ -2,6 +2,7 @@ r"""Validate a dataset tree: print counts per split and every problem found.
 
     python scripts/check_dataset.py --dataset wmveid863 --root /data/WMVeID863 \
         [--skip_images] [--prepare_tfds --tfds_data_dir /data/tfds]
+    python scripts/check_dataset.py --dataset synthetic --root data/synthetic --realism
 
 Counts: identities, triplets, cameras and scenes per split, the flare pseudo-label rate under both
 rules (decodes every image; --skip_images only reads the tree), training ids with a single
@@ -9,6 +10,12 @@ triplet (kept; the sampler repeats them) and queries without a gallery match fro
 camera. Problems: everything the reader rejects (missing folders, unpaired or unparseable files,
 empty splits) and every image that cannot be decoded. Exits with status 1 if there are problems.
 With --prepare_tfds a clean tree is then prepared into TFDS shards (offline).
+
+--realism (synthetic trees only) also measures whether the tree poses a realistic glare problem
+(`input_pipeline.realism`: glare rates, locality against a glare-free re-render, position
+variability against an image-independent mask, RGB/NI differences, pseudo-label precision and
+recall, hidden identity cues, the modality ordering of a pixel descriptor) and exits with status 1
+when a realism check fails.
 """
 
 import collections
@@ -26,6 +33,7 @@ _ROOT = flags.DEFINE_string('root', None, 'Dataset root (as data.root).')
 _SKIP_IMAGES = flags.DEFINE_bool('skip_images', False, 'Do not decode images (no flare rate).')
 _PREPARE_TFDS = flags.DEFINE_bool('prepare_tfds', False, 'Prepare TFDS shards if the tree is clean.')
 _TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', '', 'TFDS data dir (as data.tfds_data_dir).')
+_REALISM = flags.DEFINE_bool('realism', False, 'Synthetic trees: measure and check realism.')
 
 
 def check_dataset(dataset: str, root: str, decode_images: bool = True
@@ -89,6 +97,20 @@ def main(argv):
       print(f'  {p}')
     return 1
   print('no problems found')
+  if _REALISM.value:
+    from input_pipeline import realism
+    if _DATASET.value != 'synthetic':
+      raise app.UsageError('--realism needs --dataset synthetic (a tree of scripts/make_synthetic.py)')
+    try:
+      figures = realism.measure(_ROOT.value)
+    except ValueError as e:
+      print(f'problem: {e}')
+      return 1
+    print('\n'.join(realism.format_report(figures)))
+    failed = [path for path, _, ok in realism.checks(figures) if not ok]
+    if failed:
+      print(f'{len(failed)} realism checks failed: {", ".join(failed)}')
+      return 1
   if _PREPARE_TFDS.value:
     from input_pipeline import tfds_builders
     builder = tfds_builders.prepare(_DATASET.value, _ROOT.value, _TFDS_DATA_DIR.value or None)

@@ -1,7 +1,8 @@
 r"""Write the built-in synthetic flare dataset (WMVeID863 layout) and its glare masks.
 
     python scripts/make_synthetic.py --out data/synthetic [--num_ids 150 --triplets_per_id 8 \
-        --height 128 --width 64 --flare_fraction 0.3 --seed 0]
+        --height 128 --width 64 --flare_fraction 0.22 --seed 0]
+    python scripts/check_dataset.py --dataset synthetic --root data/synthetic --realism
 
 Images go to OUT/{train,query,test}/<pid>/{vis,ni,th}/, the true glare masks to OUT_masks/.
 Read it with --config.data.dataset=synthetic --config.data.root=OUT.
@@ -19,7 +20,8 @@ _TRIPLETS = flags.DEFINE_integer('triplets_per_id', 6, 'Triplets per identity.')
 _HEIGHT = flags.DEFINE_integer('height', 64, 'Image height.')
 _WIDTH = flags.DEFINE_integer('width', 32, 'Image width.')
 _CAMERAS = flags.DEFINE_integer('num_cameras', 8, 'Camera views.')
-_FLARE = flags.DEFINE_float('flare_fraction', 0.3, 'Fraction of triplets with glare in RGB/NI.')
+_FLARE = flags.DEFINE_float('flare_fraction', 0.22, 'Mean probability that a triplet has glare in '
+                            'RGB and/or NI (night twice as likely as day).')
 _QUERY_IDS = flags.DEFINE_integer('num_query_ids', None, 'Test ids used as queries (default 70%).')
 _NIGHT = flags.DEFINE_float('night_fraction', 0.3, 'Fraction of night triplets.')
 _FORMAT = flags.DEFINE_enum('image_format', 'png', ['png', 'jpg'], 'Image file format.')

@@ -48,3 +48,19 @@ def test_every_problem_is_listed(tmp_path):
 def test_missing_root_is_reported(tmp_path):
   rc, text = _run('check_dataset.py', '--dataset', 'msvr310', '--root', str(tmp_path / 'none'))
   assert rc == 1 and 'data.root' in text
+
+
+def test_realism_mode_reports_every_check_and_fails_when_one_fails(tmp_path):
+  out = str(tmp_path / 'syn')
+  rc, text = _run('make_synthetic.py', '--out', out, '--num_ids', '6', '--triplets_per_id', '3',
+                  '--height', '32', '--width', '16')
+  assert rc == 0, text
+  rc, text = _run('check_dataset.py', '--dataset', 'synthetic', '--root', out, '--realism')
+  verdicts = [line.split()[0] for line in text.splitlines() if line.strip().startswith(('PASS',
+                                                                                         'FAIL'))]
+  assert len(verdicts) >= 10, text
+  # 6 ids have 2 test ids: too few clean cross-camera pairs for the modality ordering to hold.
+  assert ('FAIL' in verdicts) == (rc == 1), text
+  assert 'realism of 18 triplets (train + gallery)' in text, text
+  rc, text = _run('check_dataset.py', '--dataset', 'wmveid863', '--root', out, '--realism')
+  assert rc != 0 and '--realism needs --dataset synthetic' in text
