@@ -1,4 +1,4 @@
-"""Default FACENet configuration: the paper's ResNet50 model with the paper's recipe.
+r"""Default FACENet configuration: the paper's ResNet50 model with the paper's recipe.
 
 Every experiment config starts from this one and overrides a few fields. Run with:
 
@@ -10,7 +10,11 @@ classes) are computed at run time and logged, never stored here.
 
 `config.model` depends on the model (`model_config(name)`): `name` (the registry key of
 facenet_jax/models), `pretrained_path`, and exactly the fields of that model's Flax module, which
-checks them (tests/test_config.py keeps the two in step).
+checks them (tests/test_config.py keeps the two in step). The model is chosen by the config
+argument, not by overriding `--config.model.name` (the group's fields differ per model):
+
+    python scripts/train.py --config configs/default.py:single_stream --workdir runs/rgb_only \
+        --config.data.root=/path/to/WMVeID863 --config.model.modality=rgb
 """
 
 import ml_collections
@@ -23,6 +27,7 @@ def _facenet_model() -> ml_collections.ConfigDict:
   model.pretrained_path = ''        # converted ImageNet weights for all three streams ('' = random init)
   model.depth = 50                  # ResNet depth: 18 | 34 | 50 | 101
   model.last_stride = 1             # stride of the last ResNet stage (re-id uses 1)
+  model.width_multiplier = 1.0      # stream width multiplier: 1 = the paper's ResNet; < 1 only for small studies; pretrained weights need 1
   model.plugin_layer = 4            # ResNet stage after which MFMP/FCE act (paper Table 4: 1..4)
   model.fmi_hidden_ratio = 0.25     # FMI conv-stack width as a fraction of C (paper silent)
   model.fmi_attention_ratio = 0.0625  # FMI SE-attention bottleneck as a fraction of C (paper silent; SE-Net 1/16)
@@ -56,6 +61,7 @@ def _flare_switches(model: ml_collections.ConfigDict) -> None:
   model.mfmp = True                 # Mutual Flare Mask Prediction (SMP + FMI), paper Sec. 3.2
   model.fmi = True                  # FMI on: masks from the joint RGB+NI feature; off: SMP per modality
   model.fce = True                  # Flare-aware Cross-modal Enhancement, Eq. 7
+  model.fce_gate = 'label'          # FCE on samples whose own pseudo-label is set ('label', Sec. 3.3) | 'all' samples (control)
   model.flare_head_input = 'mask'   # SMP flare classifier reads GAP of the mask M_S ('mask') or of m_S ('mask_logits')
   model.mask_estimator = 'sigmoid'  # how Delta gets a gradient: 'sigmoid' relaxation | 'straight_through'
   model.mask_temperature = 1.0      # temperature of the relaxed mask sigmoid((m - Delta) / T)
@@ -69,7 +75,25 @@ def _flare_switches(model: ml_collections.ConfigDict) -> None:
   model.bug_dead_threshold = False     # hard mask 1[m > 0]: Delta never learns
 
 
-MODEL_CONFIGS = {'facenet': _facenet_model, 'facenet_vit': _facenet_vit_model}
+def _single_stream_model() -> ml_collections.ConfigDict:
+  """One ResNet stream on one modality (`facenet_jax.models.single_stream.SingleStream`)."""
+  model = ml_collections.ConfigDict()
+  model.name = 'single_stream'
+  model.pretrained_path = ''        # converted ImageNet ResNet weights for the stream ('' = random init)
+  model.modality = 'rgb'            # the one image the model sees: 'rgb' | 'ni' | 'ti'
+  model.depth = 50                  # ResNet depth: 18 | 34 | 50 | 101
+  model.last_stride = 1             # stride of the last ResNet stage (re-id uses 1)
+  model.width_multiplier = 1.0      # stream width multiplier: 1 = the standard ResNet; pretrained weights need 1
+  model.dtype = 'float32'           # computation dtype: 'float32' | 'bfloat16' (params stay float32)
+  model.neck_feat = 'before'        # test embedding from the feature 'before' or 'after' the BNNeck
+  return model
+
+
+MODEL_CONFIGS = {'facenet': _facenet_model, 'facenet_vit': _facenet_vit_model,
+                 'single_stream': _single_stream_model}
+# Loss fields a model needs set otherwise than below: IC (Eq. 8) compares the RGB and NI branches,
+# which a single-stream model does not have.
+MODEL_LOSS_OVERRIDES = {'single_stream': {'ic': False}}
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -79,7 +103,8 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   return MODEL_CONFIGS[name]()
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
+  """The default config with the `config.model` group of `model` (a `MODEL_CONFIGS` key)."""
   config = ml_collections.ConfigDict()
 
   # ---------------------------------------------------------------- data
@@ -108,7 +133,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.seed = 0                     # sampler / augmentation seed (the model seed is train.seed)
 
   # ---------------------------------------------------------------- model
-  config.model = model_config('facenet')
+  config.model = model_config(model)
 
   # ---------------------------------------------------------------- loss
   loss = config.loss = ml_collections.ConfigDict()
@@ -128,6 +153,7 @@ def get_config() -> ml_collections.ConfigDict:
   loss.relation = 'none'            # paper Table 5 alternatives: 'none' | '3m' | 'cdc' | 'hc'
   loss.relation_weight = 1.0        # weight of the relation loss
   loss.hc_distance = 'l2'           # 'hc' relation: 'l2' squared centre distance (HC paper) | 'cos' (official)
+  loss.update(MODEL_LOSS_OVERRIDES.get(model, {}))
 
   # ---------------------------------------------------------------- optim
   optim = config.optim = ml_collections.ConfigDict()

@@ -6,14 +6,22 @@ r"""FACENet on the built-in synthetic flare dataset: small enough to train on 2 
 
 `make demo` runs exactly this (generating the data when missing) and then evaluates the best
 checkpoint. A ResNet-18 stream at 64x32 pixels replaces ResNet50 at 256x128; everything else is the
-paper's model (MFMP with FMI, FCE, IC, flare BCE), trained from scratch.
+paper's model (MFMP with FMI, FCE, IC, flare BCE), trained from scratch. The argument picks another
+ResNet model, e.g. `--config configs/synthetic.py:single_stream` (one RGB stream; add
+`--config.model.modality=ni` for another modality).
 """
 
 from configs import default
 
+# The models with ResNet streams, which `config.model.depth = 18` below shrinks.
+RESNET_MODELS = ('facenet', 'single_stream')
 
-def get_config():
-  config = default.get_config()
+
+def get_config(model: str = 'facenet'):
+  if model not in RESNET_MODELS:
+    raise ValueError(f'configs/synthetic.py trains ResNet-18 streams: model {model!r} must be one '
+                     f'of {RESNET_MODELS}')
+  config = default.get_config(model)
   config.data.dataset = 'synthetic'
   config.data.root = 'data/synthetic'
   config.data.image_size = (64, 32)

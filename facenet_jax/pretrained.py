@@ -207,6 +207,19 @@ def save_backbone(backbone_vars: Mapping[str, Any], path: str) -> None:
   np.savez(path, **flat)
 
 
+def check_standard_width(model_config: Any) -> None:
+  """Refuses a scaled ResNet (`config.model.width_multiplier` != 1) before any file is read.
+
+  ImageNet weights exist for torchvision's widths only; a narrower stream has other shapes.
+  """
+  width = model_config.get('width_multiplier', 1.0)
+  if width != 1:
+    raise ValueError(
+        f'config.model.width_multiplier={width!r}: pretrained ResNet weights '
+        f'(config.model.pretrained_path={model_config.get("pretrained_path", "")!r}) fit only '
+        "width 1; set config.model.width_multiplier=1.0 or config.model.pretrained_path=''.")
+
+
 def init_streams_from_pretrained(variables: Mapping[str, Any], backbone_vars: Mapping[str, Any],
                                  image_size: tuple[int, int] | None = None) -> dict[str, Any]:
   """Copies one ResNet's `{'params', 'batch_stats'}` into all three FACENet streams.
@@ -224,18 +237,28 @@ def init_streams_from_pretrained(variables: Mapping[str, Any], backbone_vars: Ma
       raise ValueError('init_streams_from_pretrained needs image_size (config.data.image_size) '
                        'for ViT weights: the position embedding is resized to the patch grid.')
     return init_vit_streams_from_pretrained(variables, backbone_vars['params'], image_size)
+  return init_backbones_from_pretrained(variables, backbone_vars, facenet.BACKBONE_NAMES)
+
+
+def init_backbones_from_pretrained(variables: Mapping[str, Any], backbone_vars: Mapping[str, Any],
+                                   names: Mapping[str, str]) -> dict[str, Any]:
+  """Copies one ResNet's `{'params', 'batch_stats'}` into the backbones `names` {stream: name}.
+
+  A new dict (the input is not modified); everything but those backbones keeps its values.
+  Raises ValueError when a collection or a backbone is missing, or listing mismatched keys.
+  """
   variables = flax.core.unfreeze(variables)
   new = {c: dict(v) for c, v in variables.items()}
   for collection in COLLECTIONS:
     if collection not in backbone_vars:
       raise ValueError(f'pretrained backbone has no {collection!r} collection; it has '
                        f'{sorted(backbone_vars)}')
-    for stream, name in facenet.BACKBONE_NAMES.items():
+    for stream, name in names.items():
       if name not in new.get(collection, {}):
-        raise ValueError(f'FACENet variables have no {collection}/{name} to initialise')
+        raise ValueError(f'the model variables have no {collection}/{name} to initialise')
       _check_against({collection: backbone_vars[collection]},
                      {collection: new[collection][name]},
-                     f'pretrained backbone vs FACENet {stream} stream ({collection}/{name})')
+                     f'pretrained backbone vs the {stream} stream ({collection}/{name})')
       new[collection][name] = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32),
                                            backbone_vars[collection])
   return new

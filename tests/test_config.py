@@ -43,7 +43,7 @@ def test_every_config_keeps_the_default_schema(path):
   assert set(config.model.keys()) == set(default.model_config(config.model.name).keys())
 
 
-@pytest.mark.parametrize('name', ['facenet', 'facenet_vit'])
+@pytest.mark.parametrize('name', ['facenet', 'facenet_vit', 'single_stream'])
 def test_a_model_config_group_holds_exactly_its_module_fields(name):
   """Config fields are module fields: nothing to copy by hand, nothing silently ignored."""
   from configs import default  # pylint: disable=g-import-not-at-top
@@ -57,6 +57,12 @@ def test_a_model_config_group_holds_exactly_its_module_fields(name):
   assert all(getattr(module, f) == group[f] for f in fields)
 
 
+def test_every_registered_model_has_a_config_group():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from facenet_jax import models  # pylint: disable=g-import-not-at-top
+  assert set(models.names()) == set(default.MODEL_CONFIGS)
+
+
 def test_official_configs_take_the_paper_model_as_an_argument():
   official = _load_module(CONFIG_DIR / 'official_wmveid863.py')
   assert official.get_config().model.name == 'facenet_vit'
@@ -64,9 +70,9 @@ def test_official_configs_take_the_paper_model_as_an_argument():
   assert resnet.model.name == 'facenet' and resnet.optim.optimizer == 'sgd'
 
 
-def _run_train_script(*args):
+def _run_train_script(*args, config='configs/default.py'):
   return subprocess.run(
-      [sys.executable, 'scripts/train.py', '--config', 'configs/default.py', '--dry_run', *args],
+      [sys.executable, 'scripts/train.py', '--config', config, '--dry_run', *args],
       cwd=CONFIG_DIR.parent, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -75,6 +81,15 @@ def test_train_script_prints_the_resolved_config_with_overrides():
   assert result.returncode == 0, result.stderr
   assert 'depth: 18' in result.stdout
   assert 'base_lr: 0.01' in result.stdout
+
+
+def test_the_config_argument_selects_the_model_group():
+  result = _run_train_script('--config.model.modality=ti',
+                             config='configs/synthetic.py:single_stream')
+  assert result.returncode == 0, result.stderr
+  assert 'name: single_stream' in result.stdout and 'modality: ti' in result.stdout
+  assert 'ic: false' in result.stdout
+  assert 'mfmp' not in result.stdout
 
 
 def test_unknown_override_key_is_rejected_with_a_message_naming_the_key():
@@ -117,6 +132,10 @@ def test_every_ablation_row_sets_its_switches():
   assert full.model.mfmp and full.model.fmi and full.model.fce and full.loss.ic
   assert ablation.get_config('msvr310,table4_layer3').model.plugin_layer == 3
   assert ablation.get_config('msvr310,table4_layer3').eval.protocol == 'scene'
+  control = ablation.get_config('synthetic,table2_fce_all')
+  assert control.model.fce_gate == 'all' and control.model.fce and not control.loss.ic
+  assert {ablation.get_config(f'wmveid863,{row}').model.fce_gate
+          for row in ablation.ROWS if row != 'table2_fce_all'} == {'label'}
 
 
 def test_unknown_ablation_row_is_rejected_with_the_list_of_rows():

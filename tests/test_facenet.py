@@ -122,6 +122,8 @@ def test_bnneck_has_no_bias_and_the_classifier_none_either():
     ({'neck_feat': 'middle'}, ValueError, ['config.model.neck_feat']),
     ({'mask_temperature': 0.0}, ValueError, ['config.model.mask_temperature']),
     ({'mask_similarity': 'cosine'}, ValueError, ['config.model.mask_similarity']),
+    ({'width_multiplier': 0.0}, ValueError, ['config.model.width_multiplier']),
+    ({'fce_gate': 'flared'}, ValueError, ['config.model.fce_gate']),
 ])
 def test_bad_model_config_is_rejected_naming_the_fields(overrides, exc, fields):
   with pytest.raises(exc) as e:
@@ -248,6 +250,24 @@ def test_fce_changes_exactly_the_flared_modalities(eval_setup):
                                 np.asarray(with_fce['features']['ni']))
 
 
+def test_fce_gate_all_enhances_the_flare_free_samples_too(eval_setup):
+  """The control: with fce_gate='all' every RGB / NI sample changes, TI stays as it is."""
+  variables, images, flare = eval_setup
+  idx = [0, 1, 2, 3]  # flare bits (1,1), (0,0), (1,0), (0,1)
+  every = _embed(_config(fce_gate='all'), variables, images, flare, idx)
+  labelled = _embed(_config(), variables, images, flare, idx)
+  no_fce = _embed(_config(fce=False), variables, images, flare, idx)
+  for s, col in (('rgb', 0), ('ni', 1)):
+    a, b = np.asarray(every['features'][s]), np.asarray(no_fce['features'][s])
+    for i in range(4):
+      assert np.abs(a[i] - b[i]).max() > 1e-3, (s, i)
+      if flare[i, col]:  # a flared sample is enhanced the same way under both gates
+        np.testing.assert_allclose(a[i], np.asarray(labelled['features'][s][i]), rtol=1e-5,
+                                   atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(every['features']['ti']),
+                                np.asarray(no_fce['features']['ti']))
+
+
 def test_embedding_is_the_plain_concat_before_or_after_the_bnneck(eval_setup):
   """Not normalised: the distance decides (the paper's plain Euclidean stays reachable)."""
   variables, images, flare = eval_setup
@@ -299,3 +319,35 @@ def test_streams_start_identical_unless_switched_off(identical):
         assert all(same), (collection, s)
       else:
         assert not all(same), (collection, s)       # independent draws (kernels differ)
+
+
+# ------------------------------------------------------------------------------ width multiplier
+
+
+def test_half_width_facenet_runs_mfmp_and_fce_on_the_scaled_maps():
+  model = models.build_model(_config(width_multiplier=0.5), NUM_CLASSES)
+  shapes, out = _trace(model)
+  params = shapes['params']
+  for s in STREAMS:
+    assert params[f'backbone_{s}']['stem']['conv']['kernel'].shape == (7, 7, 3, 32)
+    assert params[f'backbone_{s}']['layer4']['block_1']['conv2']['kernel'].shape == (3, 3, 256,
+                                                                                    256)
+    assert params[f'head_{s}']['classifier']['kernel'].shape == (256, NUM_CLASSES)
+  assert params['mfmp']['mask_rgb']['proj_common']['kernel'].shape == (1, 1, 256, 256)
+  assert {s: x.shape for s, x in out['masks'].items()} == {s: (B, 2, 1, 256) for s in ('rgb', 'ni')}
+  assert out['embedding'].shape == (B, 3 * 256)
+  # A real forward pass with MFMP + FCE on flared and flare-free samples.
+  variables = random_variables(shapes, seed=4)
+  rgb, ni, ti = _inputs(5)
+  flare = jnp.array([[1, 1], [0, 0], [1, 0], [0, 1]], jnp.int32)
+  result = jax.jit(lambda v, *x: model.apply(v, *x, train=False))(variables, rgb, ni, ti, flare)
+  assert result['embedding'].shape == (B, 3 * 256)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(result))
+
+
+def test_the_pretrained_loader_refuses_a_scaled_model_naming_the_field(tmp_path):
+  config = _config(width_multiplier=0.5)
+  config.pretrained_path = str(tmp_path / 'resnet18.npz')  # never read: refused before
+  spec = models.get_spec('facenet')
+  with pytest.raises(ValueError, match='config.model.width_multiplier=0.5'):
+    spec.load_pretrained({}, config.pretrained_path, config, (H, W))

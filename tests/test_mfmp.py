@@ -256,6 +256,44 @@ def test_fce_gates_per_sample_and_batch_level():
   assert rgb.tolist() == ni.tolist() == [False] * 3
 
 
+def test_fce_gate_all_enhances_every_sample_whatever_the_labels():
+  flare = jnp.array([[1, 0], [0, 0], [0, 1]], jnp.int32)
+  for batch_level in (False, True):
+    rgb, ni = modules.fce_gates(flare, batch_level, gate='all')
+    assert rgb.tolist() == ni.tolist() == [True] * 3
+  rgb, ni = modules.fce_gates(jnp.zeros((2, 2), jnp.int32), False, gate='all')
+  assert rgb.tolist() == ni.tolist() == [True] * 2
+  assert [g.tolist() for g in modules.fce_gates(flare, False, gate='label')] == [
+      [True, False, False], [False, False, True]]
+  with pytest.raises(ValueError, match='model.fce_gate'):
+    modules.fce_gates(flare, False, gate='none')
+
+
+@pytest.mark.parametrize('gate', ['label', 'all'])
+def test_enhance_streams_on_a_flare_free_sample_only_with_gate_all(gate):
+  """Sample 1 has flare bits (0, 0): 'label' keeps its RGB / NI maps, 'all' replaces the masked
+  content by TI (Eq. 7) as for a flared sample."""
+  f_r, f_n, f_t = _maps(20)
+  masks = {'rgb': np.zeros((B, H, W, C), np.float32), 'ni': np.zeros((B, H, W, C), np.float32)}
+  for m in masks.values():
+    m[:, 0, 0, :] = 1.0  # the mask is on at one position, off elsewhere
+  f_t = f_t + 1.0        # TI differs from RGB / NI wherever the mask is on
+  flare = jnp.array([[1, 1], [0, 0], [1, 0], [0, 1]], jnp.int32)
+  out = modules.enhance_streams({'rgb': f_r, 'ni': f_n, 'ti': f_t}, masks, flare, False, False,
+                                gate)
+  for s, f_s in (('rgb', f_r), ('ni', f_n)):
+    got = np.asarray(out[s])[1]
+    if gate == 'all':
+      assert np.all(got[0, 0] != f_s[1, 0, 0])
+      np.testing.assert_allclose(got[0, 0], f_t[1, 0, 0])
+      np.testing.assert_array_equal(got[1:], f_s[1, 1:])   # mask off: unchanged
+    else:
+      np.testing.assert_array_equal(got, f_s[1])
+  np.testing.assert_array_equal(np.asarray(out['ti']), f_t)
+  # The flared sample 0 is enhanced under both gates.
+  np.testing.assert_allclose(np.asarray(out['rgb'])[0, 0, 0], f_t[0, 0, 0])
+
+
 def test_fce_hand_worked_case():
   # One position, two channels; sample 0 flared, sample 1 not.
   f_s = jnp.array([[[[2.0, 4.0]]], [[[2.0, 4.0]]]])

@@ -106,3 +106,39 @@ def test_stage_index_out_of_range_is_rejected():
   with pytest.raises(ValueError, match='stage index 5'):
     jax.eval_shape(
         lambda v, x: model.apply(v, 5, x, False, method=resnet.ResNet.forward_stage), shapes, x)
+
+
+def test_width_multiplier_scales_the_stem_and_every_stage():
+  # Positional construction (depth, last_stride, dtype) keeps working; the multiplier comes last.
+  model = resnet.ResNet(18, 1, jnp.float32, 0.5)
+  variables, out = _shapes(model, (2, 64, 32, 3))
+  params = variables['params']
+  assert params['stem']['conv']['kernel'].shape == (7, 7, 3, 32)
+  assert variables['batch_stats']['stem']['bn']['mean'].shape == (32,)
+  assert params['layer1']['block_0']['conv1']['kernel'].shape == (3, 3, 32, 32)
+  assert params['layer4']['block_0']['conv1']['kernel'].shape == (3, 3, 128, 256)
+  assert params['layer4']['block_1']['conv2']['kernel'].shape == (3, 3, 256, 256)
+  assert out.shape == (2, 4, 2, 256)
+  assert resnet.stage_channels(18, 0.5) == (32, 64, 128, 256)
+  assert resnet.stage_channels(50, 0.5) == (128, 256, 512, 1024)
+  assert resnet.stage_channels(18, 1.0) == resnet.stage_channels(18)
+  # Rounded, and never below MIN_WIDTH channels.
+  assert resnet.stage_channels(18, 0.3) == (19, 38, 77, 154)
+  assert resnet.stage_channels(18, 0.01) == (8, 8, 8, 8)
+
+
+def test_bottleneck_width_multiplier_scales_the_inner_width_before_the_expansion():
+  _, outs = _shapes(resnet.ResNet(depth=50, width_multiplier=0.25), (2, 64, 32, 3),
+                    return_stages=True)
+  assert [o.shape[-1] for o in outs] == list(resnet.stage_channels(50, 0.25)) == [64, 128, 256,
+                                                                                  512]
+
+
+@pytest.mark.parametrize('width', [0.0, -0.5, float('nan')])
+def test_a_non_positive_width_multiplier_names_the_config_field(width):
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  with pytest.raises(ValueError, match='config.model.width_multiplier'):
+    jax.eval_shape(lambda x: resnet.ResNet(depth=18, width_multiplier=width).init(
+        jax.random.PRNGKey(0), x), x)
+  with pytest.raises(ValueError, match='config.model.width_multiplier'):
+    resnet.stage_channels(18, width)

@@ -27,9 +27,10 @@ def _set(config, dotted: str, value) -> None:
   setattr(config[group], field, value)
 
 
-def tiny_config(root: str, **overrides):
-  """`configs/synthetic.py` with TINY_OVERRIDES, then `overrides` ({'train__max_steps': 3} style)."""
-  config = synthetic_config.get_config()
+def tiny_config(root: str, model: str = 'facenet', **overrides):
+  """`configs/synthetic.py:<model>` with TINY_OVERRIDES, then `overrides` ({'train__max_steps': 3}
+  style)."""
+  config = synthetic_config.get_config(model)
   config.data.root = root
   for dotted, value in TINY_OVERRIDES.items():
     _set(config, dotted, value)

@@ -27,7 +27,11 @@ checked once in `__post_init__`.
 
 FCE gate at test time (`test_time_fce`): each sample's own pseudo-label decides, so an embedding
 never depends on the rest of its batch (unless `bug_batch_level_gating` reproduces the official
-any-sample-in-the-batch gate).
+any-sample-in-the-batch gate). `fce_gate='all'` is a control for studies: FCE enhances every RGB
+and NI sample whatever its label, in training and at test time.
+
+`FACENet.width_multiplier` scales the ResNet streams (and so MFMP's C) for small studies; the
+pretrained loader takes only 1 (ImageNet weights have the standard widths).
 """
 
 from typing import Any, Mapping
@@ -66,6 +70,7 @@ def _check_flare_switches(m: nn.Module) -> None:
   _check_choice(m.mask_estimator, mfmp_lib.MASK_ESTIMATORS, 'mask_estimator')
   _check_choice(m.flare_head_input, mfmp_lib.FLARE_HEAD_INPUTS, 'flare_head_input')
   _check_choice(m.neck_feat, heads.NECK_FEATS, 'neck_feat')
+  _check_choice(m.fce_gate, mfmp_lib.FCE_GATES, 'fce_gate')
   if not m.mask_temperature > 0:
     raise ValueError(f'config.model.mask_temperature={m.mask_temperature!r} must be > 0.')
   if m.num_classes < 1:
@@ -90,10 +95,12 @@ class FACENet(nn.Module):
   num_classes: int
   depth: int = 50                   # ResNet depth: 18 | 34 | 50 | 101
   last_stride: int = 1
+  width_multiplier: float = 1.0     # scales every ResNet width (and MFMP's C); 1 = the paper's
   dtype: str = 'float32'            # computation dtype; parameters stay float32
   mfmp: bool = True
   fmi: bool = True
   fce: bool = True
+  fce_gate: str = 'label'           # FCE on flared samples ('label') or on every sample ('all')
   plugin_layer: int = 4
   fmi_hidden_ratio: float = 0.25
   fmi_attention_ratio: float = 0.0625
@@ -113,6 +120,7 @@ class FACENet(nn.Module):
     _check_flare_switches(self)
     _check_choice(self.mask_similarity, mfmp_lib.MASK_SIMILARITIES, 'mask_similarity')
     resnet.check_depth(self.depth)
+    resnet.check_width_multiplier(self.width_multiplier)
     _check_choice(self.plugin_layer, (1, 2, 3, 4), 'plugin_layer')
     _check_choice(self.last_stride, (1, 2), 'last_stride')
     super().__post_init__()
@@ -120,9 +128,10 @@ class FACENet(nn.Module):
   def setup(self):
     dtype = DTYPES[self.dtype]
     self.backbones = {s: resnet.ResNet(self.depth, self.last_stride, dtype,
-                                       name=BACKBONE_NAMES[s]) for s in STREAMS}
+                                       self.width_multiplier, name=BACKBONE_NAMES[s])
+                      for s in STREAMS}
     if self.mfmp:
-      channels = resnet.stage_channels(self.depth)[self.plugin_layer - 1]
+      channels = resnet.stage_channels(self.depth, self.width_multiplier)[self.plugin_layer - 1]
       self.mfmp_module = mfmp_lib.MFMP(
           features=channels, fmi=self.fmi, hidden_ratio=self.fmi_hidden_ratio,
           attention_ratio=self.fmi_attention_ratio, mask_estimator=self.mask_estimator,
@@ -145,7 +154,7 @@ class FACENet(nn.Module):
       outputs.update(_flare_outputs(mf))
       if self.fce and (train or self.test_time_fce):
         x = mfmp_lib.enhance_streams(x, mf['masks'], flare, self.bug_rgb_uses_ni_mask,
-                                     self.bug_batch_level_gating)
+                                     self.bug_batch_level_gating, self.fce_gate)
 
     for index in range(self.plugin_layer + 1, 5):
       x = {s: self.backbones[s].forward_stage(index, x[s], train) for s in STREAMS}
@@ -175,6 +184,7 @@ class FACENetViT(nn.Module):
   mfmp: bool = True
   fmi: bool = True
   fce: bool = True
+  fce_gate: str = 'label'           # FCE on flared samples ('label') or on every sample ('all')
   mask_estimator: str = 'sigmoid'
   mask_temperature: float = 1.0
   flare_head_input: str = 'mask'
@@ -243,7 +253,7 @@ class FACENetViT(nn.Module):
       outputs.update(_flare_outputs(mf))
       if self.fce and (train or self.test_time_fce):
         grid = mfmp_lib.enhance_streams(grid, mf['masks'], flare, self.bug_rgb_uses_ni_mask,
-                                        self.bug_batch_level_gating)
+                                        self.bug_batch_level_gating, self.fce_gate)
 
     pooled = {}
     for s in STREAMS:
@@ -292,6 +302,34 @@ def _relation_term(features: Mapping[str, jax.Array], labels: jax.Array,
   return losses.hetero_center_loss(f_r, f_n, labels, distance=loss_config.hc_distance)
 
 
+def reid_terms(outputs: Mapping[str, Any], labels: jax.Array,
+               loss_config: ml_collections.ConfigDict, branches: tuple[str, ...]
+               ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """The re-id terms every model shares, over the model's `branches` (s):
+
+    id      = id_weight * sum_s CE_s         (Eq. 9, label-smoothed by `loss.label_smoothing`)
+    triplet = triplet_weight * sum_s Tri_s   (Eq. 11, batch-hard, on the pre-BNNeck features)
+
+  outputs: 'features' {s: [B, D]} and 'logits' {s: [B, num_classes]} (a missing branch is a
+  KeyError naming it); labels: [B] int identities. Returns (terms, metrics) with the unweighted
+  'id_<s>', 'triplet_<s>' and top-1 accuracies 'acc_<s>' of every branch as metrics.
+  """
+  features, logits = outputs['features'], outputs['logits']
+  margin = None if loss_config.triplet_soft_margin else loss_config.triplet_margin
+  metrics: dict[str, jax.Array] = {}
+  for s in branches:
+    metrics[f'id_{s}'] = losses.cross_entropy_loss(logits[s], labels,
+                                                    loss_config.label_smoothing)
+    metrics[f'triplet_{s}'] = losses.batch_hard_triplet_loss(
+        features[s], labels, margin, normalize=loss_config.triplet_normalize)
+    metrics[f'acc_{s}'] = losses.top1_accuracy(logits[s], labels)
+  terms = {
+      'id': loss_config.id_weight * sum(metrics[f'id_{s}'] for s in branches),
+      'triplet': loss_config.triplet_weight * sum(metrics[f'triplet_{s}'] for s in branches),
+  }
+  return terms, metrics
+
+
 def facenet_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
                         loss_config: ml_collections.ConfigDict
                         ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
@@ -320,19 +358,7 @@ def facenet_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Arra
                        f'{loss_config[field]!r}')
   labels = batch['pid']
   features, logits = outputs['features'], outputs['logits']
-  margin = None if loss_config.triplet_soft_margin else loss_config.triplet_margin
-
-  metrics: dict[str, jax.Array] = {}
-  for s in STREAMS:
-    metrics[f'id_{s}'] = losses.cross_entropy_loss(logits[s], labels,
-                                                    loss_config.label_smoothing)
-    metrics[f'triplet_{s}'] = losses.batch_hard_triplet_loss(
-        features[s], labels, margin, normalize=loss_config.triplet_normalize)
-    metrics[f'acc_{s}'] = losses.top1_accuracy(logits[s], labels)
-  terms = {
-      'id': loss_config.id_weight * sum(metrics[f'id_{s}'] for s in STREAMS),
-      'triplet': loss_config.triplet_weight * sum(metrics[f'triplet_{s}'] for s in STREAMS),
-  }
+  terms, metrics = reid_terms(outputs, labels, loss_config, STREAMS)
 
   if 'flare_logits' in outputs:
     flare, flare_metrics = _flare_term(outputs['flare_logits'], batch['flare'], loss_config)
@@ -377,6 +403,7 @@ def _identical_streams(model: nn.Module, variables: dict[str, Any]) -> dict[str,
 # pretrained imports this module (stream names), so it is imported when weights are loaded.
 def _load_resnet_streams(variables, path, model_config, image_size):
   from facenet_jax import pretrained  # pylint: disable=g-import-not-at-top
+  pretrained.check_standard_width(model_config)
   backbone = pretrained.load_pretrained_backbone(path, model_config.depth)
   return pretrained.init_streams_from_pretrained(variables, backbone, image_size)
 

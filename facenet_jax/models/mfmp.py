@@ -41,7 +41,9 @@ the choice made here is stated below and next to the code:
   * fmi off (Table 2 "MFMP w/o FMI"): no concatenation, conv stack or attention; each modality's
     mask is predicted from that modality alone (f_S plays the role of f_C in Eqs. 5-6).
   * FCE (Eq. 7) on flare-free samples returns the sample's own feature unchanged (journal figure,
-    delta = 0 keeps f_R / f_N).
+    delta = 0 keeps f_R / f_N). `model.fce_gate='all'` is a control, not the paper: every sample
+    is enhanced whatever its label, which separates the effect of the replacement from the effect
+    of gating it by the pseudo-label.
 """
 
 from typing import Any
@@ -56,6 +58,9 @@ from facenet_jax.models import resnet
 MASK_ESTIMATORS = ('sigmoid', 'straight_through')
 MASK_SIMILARITIES = ('signed', 'sigmoid')
 FLARE_HEAD_INPUTS = ('mask', 'mask_logits')
+# Which samples FCE enhances (`model.fce_gate`): 'label' each sample's own pseudo-label bit
+# (Sec. 3.3), 'all' every sample (control).
+FCE_GATES = ('label', 'all')
 MODALITIES = batches.FLARE_MODALITIES
 
 
@@ -234,14 +239,21 @@ class MFMP(nn.Module):
     return out
 
 
-def fce_gates(flare: jax.Array, batch_level: bool) -> tuple[jax.Array, jax.Array]:
+def fce_gates(flare: jax.Array, batch_level: bool,
+              gate: str = 'label') -> tuple[jax.Array, jax.Array]:
   """Which samples FCE enhances. `flare: [B, 2]` int (col 0 RGB, col 1 NI) -> two bool `[B]`.
 
-  Per sample (paper Sec. 3.3): RGB uses its own bit, NI its own. `batch_level` reproduces the
+  gate='label' (paper Sec. 3.3): RGB uses its own bit, NI its own. `batch_level` reproduces the
   official gate (`model.bug_batch_level_gating`): every sample of both modalities is enhanced as
-  soon as any bit in the batch is set.
+  soon as any bit in the batch is set. gate='all' (`model.fce_gate`, a control): every sample of
+  both modalities is enhanced, whatever the labels (so `batch_level` changes nothing).
   """
+  if gate not in FCE_GATES:
+    raise ValueError(f'model.fce_gate={gate!r} must be one of {FCE_GATES}')
   flare = flare.astype(bool)
+  if gate == 'all':
+    everyone = jnp.ones(flare.shape[:1], bool)
+    return everyone, everyone
   if batch_level:
     gate = jnp.broadcast_to(jnp.any(flare), flare.shape[:1])
     return gate, gate
@@ -262,14 +274,16 @@ def flare_aware_enhancement(f_s: jax.Array, f_t: jax.Array, mask: jax.Array,
 
 
 def enhance_streams(features: dict[str, jax.Array], masks: dict[str, jax.Array], flare: jax.Array,
-                    rgb_uses_ni_mask: bool, batch_level_gating: bool) -> dict[str, jax.Array]:
+                    rgb_uses_ni_mask: bool, batch_level_gating: bool,
+                    gate: str = 'label') -> dict[str, jax.Array]:
   """FCE (Eq. 7) on both flare-susceptible streams; TI passes through as the condition.
 
   features: {'rgb','ni','ti'}: [B, h, w, C] (ResNet maps or ViT token grids); masks:
   {'rgb','ni'}: [B, h, w, C]; flare: [B, 2] pseudo-label bits. `rgb_uses_ni_mask` and
-  `batch_level_gating` reproduce the official code's bugs (`model.bug_*`).
+  `batch_level_gating` reproduce the official code's bugs (`model.bug_*`); `gate` is
+  `model.fce_gate` (see `fce_gates`).
   """
-  gate_rgb, gate_ni = fce_gates(flare, batch_level_gating)
+  gate_rgb, gate_ni = fce_gates(flare, batch_level_gating, gate)
   # Official code (bug): RGB keeps f_R * (1 - M_N) instead of f_R * (1 - M_R).
   rgb_remain = masks['ni'] if rgb_uses_ni_mask else masks['rgb']
   return {

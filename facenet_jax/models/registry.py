@@ -88,8 +88,10 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn
   given = [k for k in model_config.keys() if k not in BUILD_FIELDS]
   unknown = sorted(set(given) - fields)
   if unknown:
+    # Typically `--config.model.name` overridden alone: the group keeps the old model's fields.
     raise ValueError(f'config.model has fields {unknown} that model {spec.name!r} does not have; '
-                     f'its fields: {sorted(fields)}')
+                     f'its fields: {sorted(fields)}. A model is chosen with its own config.model '
+                     f'group: the config argument, e.g. --config configs/default.py:{spec.name}')
   return spec.module(num_classes=num_classes, **{k: model_config[k] for k in given})
 
 

@@ -8,7 +8,10 @@ Layout (NHWC throughout):
     layer3  first block stride 2                                             [B, H/16, W/16, 256 e]
     layer4  first block stride `last_stride` (re-id uses 1)                  [B, H/16, W/16, 512 e]
 
-with e = 1 for basic blocks (depth 18/34) and e = 4 for bottlenecks (depth 50/101).
+with e = 1 for basic blocks (depth 18/34) and e = 4 for bottlenecks (depth 50/101). A
+`width_multiplier` m scales the stem's 64 and every stage width w to max(8, round(w m))
+(`scaled_width`), for small studies; m = 1 is torchvision's network, the only one pretrained
+weights fit.
 
 torchvision details that are matched exactly (so converted ImageNet weights give the same
 feature map, see `facenet_jax.pretrained` and tests/test_pretrained.py):
@@ -41,6 +44,8 @@ RESNET_SPECS = {
     101: ('bottleneck', (3, 4, 23, 3)),
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
+STEM_WIDTH = 64
+MIN_WIDTH = 8  # narrowest scaled width (`width_multiplier`): no stage collapses to a few channels
 EXPANSION = {'basic': 1, 'bottleneck': 4}
 
 BN_MOMENTUM = 0.9  # torch momentum 0.1
@@ -51,11 +56,17 @@ BN_EPSILON = 1e-5
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def stage_channels(depth: int) -> tuple[int, int, int, int]:
-  """Output channels of layer1..layer4 for a ResNet of this depth."""
+def scaled_width(width: int, width_multiplier: float) -> int:
+  """`width` channels scaled by `width_multiplier`, rounded, at least MIN_WIDTH."""
+  return max(MIN_WIDTH, int(round(width * width_multiplier)))
+
+
+def stage_channels(depth: int, width_multiplier: float = 1.0) -> tuple[int, int, int, int]:
+  """Output channels of layer1..layer4 for a ResNet of this depth and width multiplier."""
   check_depth(depth)
+  check_width_multiplier(width_multiplier)
   block, _ = RESNET_SPECS[depth]
-  return tuple(w * EXPANSION[block] for w in STAGE_WIDTHS)
+  return tuple(scaled_width(w, width_multiplier) * EXPANSION[block] for w in STAGE_WIDTHS)
 
 
 def check_depth(depth: int) -> None:
@@ -63,6 +74,13 @@ def check_depth(depth: int) -> None:
     raise ValueError(
         f'model.depth={depth!r} is not a supported ResNet depth; choose one of '
         f'{sorted(RESNET_SPECS)}.')
+
+
+def check_width_multiplier(width_multiplier: float) -> None:
+  # `not > 0` also rejects NaN.
+  if not width_multiplier > 0:
+    raise ValueError(f'config.model.width_multiplier={width_multiplier!r} must be > 0 '
+                     '(1 = the standard ResNet widths).')
 
 
 def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
@@ -158,12 +176,16 @@ class Bottleneck(nn.Module):
 
 
 class Stem(nn.Module):
-  """7x7/2 conv (pad 3), BN, ReLU, 3x3/2 max-pool (pad 1). `[B, H, W, 3] -> [B, H/4, W/4, 64]`."""
+  """7x7/2 conv (pad 3), BN, ReLU, 3x3/2 max-pool (pad 1).
+
+  `[B, H, W, 3] -> [B, H/4, W/4, features]` (features 64 in the standard ResNet).
+  """
   dtype: Any = jnp.float32
+  features: int = STEM_WIDTH
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = _conv(64, 7, 2, self.dtype, 'conv')(x.astype(self.dtype))
+    x = _conv(self.features, 7, 2, self.dtype, 'conv')(x.astype(self.dtype))
     x = nn.relu(_batch_norm(train, self.dtype, 'bn')(x))
     # Padded with -inf like torch's MaxPool2d(3, 2, padding=1).
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -191,27 +213,32 @@ class ResNet(nn.Module):
 
   `ResNet(depth=50, last_stride=1).apply(variables, x, train=False)` with `x: [B, H, W, 3]` returns
   the layer4 map `[B, H/16, W/16, 2048]` (`[B, H/32, W/32, 2048]` with last_stride=2).
-  Parameters are float32; convolutions and BatchNorm compute in `dtype`.
+  Parameters are float32; convolutions and BatchNorm compute in `dtype`. `width_multiplier`
+  scales the stem and every stage (`stage_channels` gives the output widths), e.g. 0.5 gives
+  `[B, H/16, W/16, 1024]` for depth 50.
   """
   depth: int = 50
   last_stride: int = 1
   dtype: Any = jnp.float32
+  width_multiplier: float = 1.0
 
   def setup(self):
     check_depth(self.depth)
+    check_width_multiplier(self.width_multiplier)
     if self.last_stride not in (1, 2):
       raise ValueError(f'model.last_stride={self.last_stride!r} must be 1 or 2.')
     block, counts = RESNET_SPECS[self.depth]
     strides = (1, 2, 2, self.last_stride)
-    self.stem = Stem(self.dtype)
+    widths = [scaled_width(w, self.width_multiplier) for w in STAGE_WIDTHS]
+    self.stem = Stem(self.dtype, scaled_width(STEM_WIDTH, self.width_multiplier))
     # Explicit attribute names keep the parameter tree readable: stem, layer1..layer4.
-    self.layer1 = Stage(block, STAGE_WIDTHS[0], counts[0], strides[0], self.dtype)
-    self.layer2 = Stage(block, STAGE_WIDTHS[1], counts[1], strides[1], self.dtype)
-    self.layer3 = Stage(block, STAGE_WIDTHS[2], counts[2], strides[2], self.dtype)
-    self.layer4 = Stage(block, STAGE_WIDTHS[3], counts[3], strides[3], self.dtype)
+    self.layer1 = Stage(block, widths[0], counts[0], strides[0], self.dtype)
+    self.layer2 = Stage(block, widths[1], counts[1], strides[1], self.dtype)
+    self.layer3 = Stage(block, widths[2], counts[2], strides[2], self.dtype)
+    self.layer4 = Stage(block, widths[3], counts[3], strides[3], self.dtype)
 
   def forward_stem(self, x: jax.Array, train: bool) -> jax.Array:
-    """`[B, H, W, 3] -> [B, H/4, W/4, 64]`."""
+    """`[B, H, W, 3] -> [B, H/4, W/4, 64 m]` (m the width multiplier, see `scaled_width`)."""
     return self.stem(x, train)
 
   def forward_stage(self, index: int, x: jax.Array, train: bool) -> jax.Array:
