@@ -1,19 +1,20 @@
 r"""The synthetic flare study: paper Tables 2 and 4 on the built-in data, with error bars.
 
-    python -m experiments.run_flare_study --rows table2,table4 --seeds 3 --out runs/study
+    python -m experiments.run_flare_study --rows table2,single,table4 --seeds 3 --out runs/study
 
 (from the repository root: `experiments/` is not installed, `-m` puts the root on the path).
 
 Generates one synthetic dataset in OUT/data (when missing), trains every row of the named tables
-(`table2`, `table4`, or row names of configs/ablation.py) with seeds 0..N-1, evaluates each final
-model on the whole test split and on its flared / flare-free queries, measures the predicted flare
-masks against the generator's glare masks, and writes OUT/results.md (Markdown tables of mean ±
-std), OUT/results.json and OUT/results.png. Killed and started again with the same flags, it
-skips finished runs and resumes the unfinished one from its checkpoints.
+(`table2`, `table4`, `single`, or row names of configs/ablation.py and `single_<modality>`) with
+seeds 0..N-1 (the single-stream rows with `--single_seeds`), takes the measures of
+`experiments/flare_study.py` (retrieval split by glare state, each branch alone, masks against the
+true glare and an image-independent floor, the flare classifier, FCE rows without test-time FCE)
+and writes OUT/results.md (Markdown tables of mean ± std), OUT/results.json and OUT/results.png.
+Killed and started again with the same flags, it skips finished runs and resumes the unfinished
+one from its checkpoints. Seed-major order: a stopped study has every row at the same seed count.
 
-The default settings (ResNet-18 streams at 64x32, 100 ids x 8 triplets, half of them flared,
-batch 8x4, 8 epochs) are sized so a full Table 2 with 3 seeds takes well under two hours on 2 CPU
-cores; see README, "Results on the synthetic flare benchmark".
+The default settings (half-width ResNet-18 streams at 128x64 with last stride 1, so the layer-4
+mask grid is 8x4; 120 ids x 8 triplets with 22% glared; batch 8x4) are the README study's.
 """
 
 import os
@@ -31,23 +32,28 @@ _DEFAULTS = study.StudySettings()
 _ROWS = flags.DEFINE_string('rows', 'table2', "Row sets ('table2', 'table4') and/or row names, "
                             'comma separated.')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per row (0..N-1).')
+_SINGLE_SEEDS = flags.DEFINE_integer('single_seeds', 1, 'Seeds of the single-stream rows.')
 _OUT = flags.DEFINE_string('out', 'runs/study', 'Study folder (data, runs, results).')
 _NUM_IDS = flags.DEFINE_integer('num_ids', _DEFAULTS.num_ids, 'Identities (a third are test ids).')
 _TRIPLETS = flags.DEFINE_integer('triplets_per_id', _DEFAULTS.triplets_per_id, 'Triplets per id.')
 _FLARE = flags.DEFINE_float('flare_fraction', _DEFAULTS.flare_fraction,
                             'Fraction of triplets with glare in RGB/NI.')
+_NIGHT = flags.DEFINE_float('night_fraction', _DEFAULTS.night_fraction, 'Fraction of night triplets.')
 _DATA_SEED = flags.DEFINE_integer('data_seed', _DEFAULTS.data_seed, 'Dataset generator seed.')
 _IMAGE_SIZE = flags.DEFINE_list('image_size', [str(v) for v in _DEFAULTS.image_size],
                                 'Image height,width.')
 _DEPTH = flags.DEFINE_integer('depth', _DEFAULTS.depth, 'ResNet depth of each stream.')
+_WIDTH = flags.DEFINE_float('width_multiplier', _DEFAULTS.width_multiplier,
+                            'ResNet width multiplier of each stream.')
+_LAST_STRIDE = flags.DEFINE_integer('last_stride', _DEFAULTS.last_stride, 'Last ResNet stride.')
+_SIMILARITY = flags.DEFINE_enum('mask_similarity', _DEFAULTS.mask_similarity,
+                                ['signed', 'sigmoid'], "Eq. 5's M_com reading (model.mask_similarity).")
 _BATCH = flags.DEFINE_list('batch', [str(_DEFAULTS.num_ids_per_batch),
                                      str(_DEFAULTS.num_instances)], 'P,K of the P x K batches.')
 _EPOCHS = flags.DEFINE_integer('num_epochs', _DEFAULTS.num_epochs, 'Training epochs per run.')
 _LR = flags.DEFINE_float('base_lr', _DEFAULTS.base_lr, 'Adam learning rate.')
 _MAX_STEPS = flags.DEFINE_integer('max_steps', 0, 'Cap on training steps per run (0: none).')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Train nothing; report the finished runs.')
-_DIAGNOSE = flags.DEFINE_bool('diagnose', False, 'Also measure each branch alone and the FCE rows '
-                              'without test-time FCE (added to finished runs that lack it).')
 
 
 def _pair(values, name):
@@ -70,8 +76,10 @@ def main(argv):
   num_ids_per_batch, num_instances = _pair(_BATCH.value, 'batch')
   settings = study.StudySettings(
       num_ids=_NUM_IDS.value, triplets_per_id=_TRIPLETS.value, flare_fraction=_FLARE.value,
-      data_seed=_DATA_SEED.value, image_size=_pair(_IMAGE_SIZE.value, 'image_size'),
-      depth=_DEPTH.value, num_ids_per_batch=num_ids_per_batch,
+      night_fraction=_NIGHT.value, data_seed=_DATA_SEED.value,
+      image_size=_pair(_IMAGE_SIZE.value, 'image_size'), depth=_DEPTH.value,
+      width_multiplier=_WIDTH.value, last_stride=_LAST_STRIDE.value,
+      mask_similarity=_SIMILARITY.value, num_ids_per_batch=num_ids_per_batch,
       num_instances=num_instances, num_epochs=_EPOCHS.value,
       base_lr=_LR.value, max_steps=_MAX_STEPS.value)
   try:
@@ -81,7 +89,9 @@ def main(argv):
   command = 'python -m experiments.run_flare_study ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
   results = study.run_study(_OUT.value, rows, range(_SEEDS.value), settings,
                             log=lambda msg: print(msg, flush=True),
-                            report_only=_REPORT_ONLY.value, diagnose=_DIAGNOSE.value)
+                            report_only=_REPORT_ONLY.value,
+                            seeds_of=lambda row: range(_SINGLE_SEEDS.value if row in
+                                                       study.SINGLE_ROWS else _SEEDS.value))
   if not results:
     raise app.UsageError(f'no finished runs in {_OUT.value} for --rows {_ROWS.value}')
   files = study.write_report(_OUT.value, results, settings, command)

@@ -17,7 +17,7 @@ from facenet_jax.models import registry
 from facenet_jax.train_state import TrainState
 
 # Model outputs the evaluator may keep besides the embedding.
-EMBED_EXTRAS = ('masks',)
+EMBED_EXTRAS = ('masks', 'flare_logits')   # {name: [B, ...]} outputs kept when asked
 
 
 def make_train_step(model, spec: registry.ModelSpec, tx: optax.GradientTransformation,

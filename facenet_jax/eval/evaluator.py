@@ -31,7 +31,7 @@ from facenet_jax.models import registry
 @dataclasses.dataclass
 class EvalResult:
   metrics: dict[str, Any]          # the protocol's metrics (fractions)
-  query: dict[str, Any]            # {'embedding': [Q, E]} (+ 'masks' when asked)
+  query: dict[str, Any]            # {'embedding': [Q, E]} (+ 'masks', 'flare_logits' when asked)
   gallery: dict[str, Any]          # {'embedding': [G, E]}
 
 
@@ -48,13 +48,15 @@ class Evaluator:
 
   def embed(self, variables: dict[str, Any], records: Sequence[Any],
             with_masks: bool = False) -> dict[str, Any]:
-    """`{'embedding': [N, E]}` (+ `'masks': {name: [N, ...]}` when asked and the model has them)."""
+    """`{'embedding': [N, E]}`, with `with_masks` also the model's extras it has (`steps.EMBED_EXTRAS`):
+    `'masks': {name: [N, h, w, C]}` and `'flare_logits': {name: [N, 2]}`.
+    """
     from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
 
     if not records:
       raise ValueError('Nothing to embed: the query or gallery split is empty.')
     result: dict[str, Any] = {}
-    masks: dict[str, np.ndarray] = {}
+    extras: dict[str, dict[str, np.ndarray]] = {}
     stream = pipeline.make_eval_stream(records, self.data_config,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count())
@@ -72,12 +74,15 @@ class Evaluator:
       if 'embedding' not in result:
         result['embedding'] = np.zeros((len(records), out['embedding'].shape[-1]), np.float32)
       result['embedding'][index] = out['embedding'][keep]
-      for name, value in out.get('masks', {}).items():
-        if name not in masks:
-          masks[name] = np.zeros((len(records),) + value.shape[1:], np.float32)
-        masks[name][index] = value[keep]
+      for extra in steps.EMBED_EXTRAS:
+        for name, value in out.get(extra, {}).items():
+          store = extras.setdefault(extra, {})
+          if name not in store:
+            store[name] = np.zeros((len(records),) + value.shape[1:], np.float32)
+          store[name][index] = value[keep]
     if with_masks:
-      result['masks'] = masks
+      result['masks'] = extras.get('masks', {})
+      result.update({k: v for k, v in extras.items() if k != 'masks'})
     return result
 
   def score(self, q_feats: np.ndarray, g_feats: np.ndarray, query: Sequence[Any],
