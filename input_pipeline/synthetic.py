@@ -175,14 +175,14 @@ def _make_identity(rng: np.random.Generator) -> _Identity:
   u = rng.uniform
   color = _body_color(rng)
   # NIR reflectance of paint tracks its brightness only loosely (pigments differ in the NIR).
-  ni_body = float(np.clip(0.5 * _luma(color) + u(40, 150), 20, 250))
+  ni_body = float(np.clip(0.75 * _luma(color) + u(20, 100), 20, 250))
   decals = []
   for _ in range(int(rng.choice([0, 1, 1, 2, 2]))):
     u0, v0 = u(0.05, 0.6), u(0.45, 0.7)
     box = (u0, u0 + u(0.15, 0.35), v0, v0 + u(0.06, 0.14))
     rgb = _hsv_to_rgb(u(), u(0.5, 1.0), u(60, 240))
     # NI sees a decal at a fraction of its visible contrast.
-    ni = ni_body + 0.35 * (_luma(rgb) - _luma(color)) + u(-15, 15)
+    ni = ni_body + 0.5 * (_luma(rgb) - _luma(color)) + u(-15, 15)
     decals.append((box, rgb, float(np.clip(ni, 10, 240))))
   plate_bg, plate_ink = [(np.asarray([232.0, 232, 222]), np.asarray([25.0, 25, 30])),
                          (np.asarray([236.0, 200, 40]), np.asarray([20.0, 20, 20])),
@@ -324,7 +324,7 @@ def _paint_ni(ident: _Identity, cam: _Camera, scene: _Scene, rng: np.random.Gene
     ni[p[name]] = value
   # Active illumination: night barely matters; the illuminator's auto-exposure varies per
   # capture and can saturate bright bodies.
-  return ni * cam.ni_gain * rng.uniform(0.9, 1.3) * (0.9 if night else 1.0)
+  return ni * cam.ni_gain * rng.uniform(0.95, 1.25) * (0.9 if night else 1.0)
 
 
 def _paint_ti(cam: _Camera, scene: _Scene, rng: np.random.Generator, night: bool,
@@ -449,7 +449,7 @@ def render_triplet(ident: _Identity, cam: _Camera, rng: np.random.Generator,
   blur = cam.blur * h / 64.0
   rgb = _sensor(rgb_s, size, blur)
   ni = _sensor(ni_s, size, blur + 0.2 * h / 64.0)
-  ti = _sensor(ti_s, size, blur + 0.9 * h / 64.0)   # low-resolution thermal optics
+  ti = _sensor(ti_s, size, blur + 1.3 * h / 64.0)   # low-resolution thermal optics
   noise_sd = 4.0 if night else 2.5
   n_rgb = rng.normal(0, noise_sd, rgb.shape)
   n_ni = rng.normal(0, 2.5, ni.shape)
