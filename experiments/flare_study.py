@@ -96,7 +96,7 @@ class StudySettings:
   mask_similarity: str = 'signed'     # the Eq. 5 reading in which FMI can switch mask cells
   num_ids_per_batch: int = 8
   num_instances: int = 4
-  num_epochs: int = 12
+  num_epochs: int = 16
   base_lr: float = 1e-3
   max_steps: int = 0                 # > 0 caps the steps (tests)
 
@@ -359,7 +359,7 @@ def _restore_latest(config: ml_collections.ConfigDict, workdir: str) -> _Restore
   from facenet_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
 
   exp = experiment.build_eval_experiment(config)
-  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints, read_only=True)
   variables, step, _ = ckpt.restore_variables(exp.variable_template)
   ckpt.close()
   return _RestoredRun(exp, variables, step,

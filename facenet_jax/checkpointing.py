@@ -9,11 +9,19 @@ Saves are synchronous and orbax finalises each one by an atomic rename of a temp
 so a run killed at any moment (SIGKILL included) leaves only complete checkpoints; a restart
 picks the latest one and continues (the data stream is a pure function of the step, so the step
 restores the data position too).
+
+Integrity: after a save, `checksums.json` in the step folder records the SHA-256 of every file
+of the step; a restore verifies it first. A damaged latest step (truncated or flipped bytes) is
+reported and the previous intact step is used instead, or, with `strict`, refused.
+
+Read-only use (`read_only=True`, what evaluation and feature extraction use): no folder is
+created, no temporary folder of a running trainer is cleaned up, nothing can be saved.
 """
 
+import hashlib
 import json
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -23,14 +31,24 @@ from facenet_jax.optim import path_to_str
 from facenet_jax.train_state import TrainState
 
 
+CHECKSUM_FILE = 'checksums.json'
+
+
 class CheckpointError(ValueError):
   """A checkpoint that cannot be restored into the model at hand."""
 
 
-def _manager(directory: pathlib.Path, max_to_keep: int) -> ocp.CheckpointManager:
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint whose files differ from the checksums written when it was saved."""
+
+
+def _manager(directory: pathlib.Path, max_to_keep: int,
+             read_only: bool = False) -> ocp.CheckpointManager:
+  # A writer cleans up its own interrupted saves on start-up; a reader must never do that (it
+  # would delete the half-written checkpoint of a trainer running in the same workdir).
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
-      cleanup_tmp_directories=True)
+      max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=False,
+      cleanup_tmp_directories=not read_only, read_only=read_only)
   # Handlers are named up front so a fresh manager can read metadata before any save/restore.
   return ocp.CheckpointManager(
       directory.absolute(), options=options,
@@ -42,22 +60,76 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return {path_to_str(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
-class Checkpointer:
-  """Step and best-model checkpoints for one workdir."""
+def step_checksums(step_dir: pathlib.Path) -> dict[str, str]:
+  """{relative path: SHA-256 hex} of every file of a finished step folder (but the checksums)."""
+  out = {}
+  for path in sorted(p for p in step_dir.rglob('*') if p.is_file()):
+    rel = path.relative_to(step_dir).as_posix()
+    if rel == CHECKSUM_FILE:
+      continue
+    digest = hashlib.sha256()
+    with path.open('rb') as f:
+      for block in iter(lambda: f.read(1 << 20), b''):
+        digest.update(block)
+    out[rel] = digest.hexdigest()
+  return out
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int):
+
+def verify_step(step_dir: pathlib.Path) -> None:
+  """Raise `DamagedCheckpointError` naming the files that differ from the recorded checksums.
+
+  A step saved before checksums existed (no checksums file) is accepted as it is.
+  """
+  recorded_file = step_dir / CHECKSUM_FILE
+  if not recorded_file.is_file():
+    return
+  try:
+    recorded = json.loads(recorded_file.read_text())
+  except (OSError, ValueError) as e:
+    raise DamagedCheckpointError(f'{recorded_file}: unreadable checksums ({e})') from None
+  actual = step_checksums(step_dir)
+  bad = sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))
+  if bad:
+    shown = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+    raise DamagedCheckpointError(f'{step_dir}: damaged checkpoint, {len(bad)} files differ from '
+                                 f'their checksums ({shown})')
+
+
+class Checkpointer:
+  """Step and best-model checkpoints for one workdir.
+
+  `read_only` opens an existing workdir for restoring only (evaluation): nothing is created or
+  cleaned up, and a workdir without checkpoints is an error naming it. `warn` receives the
+  one-line notice when a damaged step is skipped.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, keep: int, read_only: bool = False,
+               strict: bool = False, warn: Callable[[str], None] = print):
     workdir = pathlib.Path(workdir)
-    self.steps = _manager(workdir / 'checkpoints', keep)
-    self.best = _manager(workdir / 'best', 1)
+    self.read_only, self.strict, self.warn = read_only, strict, warn
+    if read_only and not ((workdir / 'checkpoints').is_dir() or (workdir / 'best').is_dir()):
+      raise CheckpointError(f'{workdir}: no checkpoints/ or best/ folder; not a training workdir '
+                            'with checkpoints (--workdir)')
+    self.steps = _manager(workdir / 'checkpoints', keep, read_only)
+    self.best = _manager(workdir / 'best', 1, read_only)
 
   # -------------------------------------------------------------- saving
+  def _save(self, manager: ocp.CheckpointManager, step: int, state: TrainState,
+            meta: dict[str, Any]) -> None:
+    if self.read_only:
+      raise RuntimeError('this Checkpointer is read-only')
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    step_dir = pathlib.Path(manager.directory) / str(step)
+    if jax.process_index() == 0:
+      write_json(step_dir / CHECKSUM_FILE, step_checksums(step_dir))
+
   def save(self, state: TrainState, meta: dict[str, Any]) -> bool:
     """Save a step checkpoint; False when this step is saved already."""
     step = int(jax.device_get(state.step))
     if step in self.steps.all_steps():
       return False
-    self.steps.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self._save(self.steps, step, state, meta)
     return True
 
   def save_best(self, state: TrainState, meta: dict[str, Any]) -> None:
@@ -65,8 +137,7 @@ class Checkpointer:
     during the save leaves the previous best in place (there is always a valid best)."""
     step = int(jax.device_get(state.step))
     if step not in self.best.all_steps():
-      self.best.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+      self._save(self.best, step, state, meta)
     for old in self.best.all_steps():
       if old != step:
         self.best.delete(old)
@@ -80,10 +151,11 @@ class Checkpointer:
     return max(steps) if steps else None
 
   def best_meta(self) -> dict[str, Any] | None:
-    step = self.best_step()
-    if step is None:
+    """The meta of the newest intact best checkpoint (None when there is none)."""
+    if not self.best.all_steps():
       return None
-    return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    manager, step = self._resolve(None, best=True)
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
   def restore(self, target: TrainState, step: int | None = None, best: bool = False
               ) -> tuple[TrainState, dict[str, Any]]:
@@ -117,14 +189,31 @@ class Checkpointer:
     return {k: variables[k] for k in target}, step, meta
 
   def _resolve(self, step: int | None, best: bool) -> tuple[ocp.CheckpointManager, int]:
+    """The manager and an intact step: the one asked for, else the newest intact one.
+
+    An explicitly asked-for step that is damaged is an error; without a step, damaged newer
+    steps are reported through `warn` and skipped (an error when `strict` or none is intact).
+    """
     manager = self.best if best else self.steps
-    if step is None:
-      step = self.best_step() if best else manager.latest_step()
-    if step is None or step not in manager.all_steps():
-      raise CheckpointError(
-          f'No checkpoint{" at step " + str(step) if step is not None else ""} in '
-          f'{manager.directory}; available steps: {list(manager.all_steps())}')
-    return manager, step
+    available = sorted(manager.all_steps(), reverse=True)
+    if step is not None or not available:
+      if step is None or step not in available:
+        raise CheckpointError(
+            f'No checkpoint{" at step " + str(step) if step is not None else ""} in '
+            f'{manager.directory}; available steps: {sorted(available)}')
+      verify_step(pathlib.Path(manager.directory) / str(step))
+      return manager, step
+    for candidate in available:
+      try:
+        verify_step(pathlib.Path(manager.directory) / str(candidate))
+      except DamagedCheckpointError as e:
+        if self.strict:
+          raise
+        self.warn(f'warning: {e}; using the previous step')
+        continue
+      return manager, candidate
+    raise CheckpointError(f'{manager.directory}: every checkpoint is damaged '
+                          f'(steps {sorted(available)})')
 
   @staticmethod
   def _check_compatible(manager: ocp.CheckpointManager, step: int, target: Any) -> None:

@@ -148,21 +148,39 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   return {k: v.detach().cpu().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+class PretrainedWeightsError(ValueError):
+  """A pretrained weights file that cannot be read as what its suffix says."""
+
+
 def read_weights(path: str) -> dict[str, np.ndarray]:
-  """Flat name -> array dict from `.pth`/`.pt`, `.safetensors` or `.npz`."""
+  """Flat name -> array dict from `.pth`/`.pt`, `.safetensors` or `.npz`.
+
+  A file that is not what its suffix says (a text file, a truncated download) raises
+  `PretrainedWeightsError` naming the file; nothing is ever loaded with pickle.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f'pretrained weights file {path} does not exist')
   suffix = os.path.splitext(path)[1].lower()
-  if suffix in ('.pth', '.pt'):
-    return read_torch_checkpoint(path)
-  if suffix == '.safetensors':
-    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-    return dict(safetensors_numpy.load_file(path))
-  if suffix == '.npz':
-    with np.load(path) as data:
+  if suffix not in ('.pth', '.pt', '.safetensors', '.npz'):
+    raise ValueError(f'{path}: unknown weights format {suffix!r}; expected .pth, .pt, '
+                     '.safetensors or .npz')
+  try:
+    if suffix in ('.pth', '.pt'):
+      return read_torch_checkpoint(path)
+    if suffix == '.safetensors':
+      from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+      return dict(safetensors_numpy.load_file(path))
+    with np.load(path, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
-  raise ValueError(f'{path}: unknown weights format {suffix!r}; expected .pth, .pt, '
-                   '.safetensors or .npz')
+  except ImportError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # Readers fail on a wrong file with unrelated messages (a bare KeyError from torch's zip
+    # reader, numpy suggesting allow_pickle=True); say what the file is not instead.
+    raise PretrainedWeightsError(
+        f'{path} is not a readable {suffix} weights file (the reader raised '
+        f'{type(e).__name__}); check that it is the downloaded or converted weights, not a text '
+        'or HTML page or a partial download') from None
 
 
 def _is_flax_layout(arrays: Mapping[str, np.ndarray]) -> bool:

@@ -55,3 +55,60 @@ def test_restore_variables_reads_the_model_variables_without_the_optimiser(tmp_p
                      match=r'shape params/dense/kernel: checkpoint \(2, 3\) vs model \(3, 3\)'):
     ckpt.restore_variables(_template(kernel_shape=(3, 3)))
   ckpt.close()
+
+
+def test_a_reader_never_cleans_up_or_creates_folders(tmp_path):
+  """Evaluation during training: the trainer's in-flight temporary save must survive a reader."""
+  writer = checkpointing.Checkpointer(tmp_path, keep=2)
+  writer.save(_state(4, 4.0), {'step': 4})
+  in_flight = tmp_path / 'checkpoints' / '8.orbax-checkpoint-tmp-1234567890'
+  in_flight.mkdir()
+  (in_flight / 'partial').write_text('half written')
+  reader = checkpointing.Checkpointer(tmp_path, keep=2, read_only=True)
+  _, step, _ = reader.restore_variables(_template())
+  reader.close()
+  assert step == 4 and (in_flight / 'partial').is_file()
+  with pytest.raises(RuntimeError, match='read-only'):
+    checkpointing.Checkpointer(tmp_path, keep=2, read_only=True).save(_state(9, 9.0), {})
+  # The failure this guards against: a writer opening the workdir removes the temporary folder.
+  checkpointing.Checkpointer(tmp_path, keep=2).close()
+  assert not in_flight.exists()
+  missing = tmp_path / 'not_a_run'
+  with pytest.raises(checkpointing.CheckpointError, match='not_a_run: no checkpoints/'):
+    checkpointing.Checkpointer(missing, keep=2, read_only=True)
+  assert not missing.exists()
+  writer.close()
+
+
+def _damage(step_dir, how):
+  victim = max((p for p in step_dir.rglob('*') if p.is_file() and p.name != 'checksums.json'),
+               key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  if how == 'truncate':
+    data = data[:len(data) // 2]
+  else:
+    data[len(data) // 2] ^= 0xFF
+  victim.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize('how', ['truncate', 'flip'])
+def test_a_damaged_latest_step_falls_back_to_the_previous_intact_one(tmp_path, how):
+  ckpt = checkpointing.Checkpointer(tmp_path, keep=3)
+  ckpt.save(_state(1, 1.0), {'step': 1})
+  ckpt.save(_state(2, 2.0), {'step': 2})
+  ckpt.close()
+  _damage(tmp_path / 'checkpoints' / '2', how)
+  notices = []
+  ckpt = checkpointing.Checkpointer(tmp_path, keep=3, warn=notices.append)
+  variables, step, _ = ckpt.restore_variables(_template())
+  assert step == 1 and len(notices) == 1 and 'checkpoints/2: damaged checkpoint' in notices[0]
+  np.testing.assert_array_equal(variables['params']['dense']['kernel'], 1.0)
+  state, meta = ckpt.restore(_state(0, 0.0))
+  assert int(state.step) == 1 and meta == {'step': 1}
+  with pytest.raises(checkpointing.DamagedCheckpointError, match='damaged'):
+    ckpt.restore_variables(_template(), step=2)           # asked for explicitly: refused
+  ckpt.close()
+  strict = checkpointing.Checkpointer(tmp_path, keep=3, strict=True)
+  with pytest.raises(checkpointing.DamagedCheckpointError, match='checkpoints/2: damaged'):
+    strict.restore_variables(_template())
+  strict.close()

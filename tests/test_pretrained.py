@@ -348,3 +348,13 @@ def test_converted_weights_reproduce_the_torch_feature_map(depth):
   assert got.shape == expected.shape == (2, 4, 2, 512 if depth == 18 else 2048)
   assert np.abs(expected).max() > 0.1  # a meaningful, non-degenerate comparison
   np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('suffix', ['.npz', '.safetensors'])
+def test_a_text_file_as_weights_is_named_not_unpickled(tmp_path, suffix):
+  path = tmp_path / f'weights{suffix}'
+  path.write_text('<html>404 Not Found</html>\n')
+  with pytest.raises(pretrained.PretrainedWeightsError,
+                     match=rf'weights{suffix} is not a readable \{suffix} weights file') as info:
+    pretrained.read_weights(str(path))
+  assert 'allow_pickle' not in str(info.value)

@@ -37,7 +37,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   if not exp.query:
     raise ValueError(f'The query split of {config.data.dataset} at {config.data.root!r} is empty: '
                      'nothing to evaluate.')
-  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints, read_only=True)
   variables, restored_step, meta = ckpt.restore_variables(
       exp.variable_template, step=step, best=best)
   ckpt.close()
