@@ -1,12 +1,18 @@
-"""Command-line helpers shared by the scripts in `scripts/`: flag parsing and `--verbose`."""
+"""Command-line helpers shared by the scripts in `scripts/`: flag parsing, `--verbose`, errors."""
 
 import re
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from absl import flags
 
 from facenet_jax import console
+from facenet_jax import workdir
+
+# What a user can cause and fix (bad data, config, weights file, full or read-only disk, a held
+# workdir, a diverged run): printed as one message naming the file or field, exit status 1.
+# Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, workdir.WorkdirLockedError)
 
 VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the INFO logs of absl, orbax, TensorFlow, XLA.')
 
@@ -47,3 +53,23 @@ def _repeated_overrides(args: Sequence[str]) -> list[str]:
       repeated.append(key)
     seen.add(key)
   return repeated
+
+
+def with_expected_errors(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
+  """`main` whose expected errors end the script with `error: <message>` on stderr, status 1.
+
+  `--verbose` re-raises them instead, with the traceback.
+  """
+
+  def wrapped(argv: Sequence[str]) -> Any:
+    try:
+      return main(argv)
+    except EXPECTED_ERRORS as e:
+      if VERBOSE.value:
+        raise
+      message = str(e).strip() or type(e).__name__
+      sys.stderr.write(f'error: {message} (--verbose shows the traceback)\n')
+      sys.stderr.flush()
+      sys.exit(1)
+
+  return wrapped

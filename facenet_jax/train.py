@@ -22,6 +22,7 @@ from facenet_jax import experiment
 from facenet_jax import run_log
 from facenet_jax import sharding
 from facenet_jax import steps
+from facenet_jax import workdir as workdir_lib
 from facenet_jax.eval import evaluator as evaluator_lib
 from facenet_jax.eval import protocols
 from facenet_jax.train_state import to_variables
@@ -32,24 +33,37 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       exp: experiment.Experiment | None = None) -> dict[str, Any]:
+                       exp: experiment.Experiment | None = None,
+                       allow_config_change: bool = False) -> dict[str, Any]:
   """Train for `config.train.num_epochs` (or `max_steps`), evaluating every `eval_every_epochs`.
 
-  Resumes from the latest checkpoint in `workdir/checkpoints`. Writes `config.json`,
-  `metrics.jsonl` (one line per log point and evaluation), TensorBoard scalars and the
-  checkpoints into `workdir`. Returns the final scalars (test split, and validation if any).
+  Resumes from the latest intact checkpoint in `workdir/checkpoints`. Writes `config.json` (the
+  run's record: a resume with another config is refused unless `allow_config_change`, see
+  `facenet_jax.workdir`), `metrics.jsonl` (one line per log point and evaluation, also after
+  resumes), TensorBoard scalars and the checkpoints into `workdir`, which one trainer holds at a
+  time (`<workdir>/.lock`). Returns the final scalars (test split, and validation if any).
   `exp` reuses an experiment built already from the same config.
   """
   distributed.initialize(config.train)
   workdir_path = pathlib.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
+  # One trainer per workdir; the chief holds the lock for its run's processes.
+  lock = workdir_lib.WorkdirLock(workdir_path, notice=console.say)
   if distributed.is_chief():
-    (workdir_path / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
-  trainer = _Trainer(exp or experiment.build_experiment(config), workdir_path)
+    lock.acquire()
   try:
-    return trainer.run()
+    if distributed.is_chief():
+      changes = workdir_lib.record_config(workdir_path, config, allow_config_change)
+      if changes:
+        console.say(f'config changed at resume (recorded in {workdir_lib.HISTORY_FILE}): '
+                    f'{workdir_lib.format_differences(changes)}')
+    trainer = _Trainer(exp or experiment.build_experiment(config), workdir_path)
+    try:
+      return trainer.run()
+    finally:
+      trainer.close()
   finally:
-    trainer.close()
+    lock.release()
 
 
 class _Trainer:
@@ -58,7 +72,8 @@ class _Trainer:
   def __init__(self, exp: experiment.Experiment, workdir: pathlib.Path):
     self.exp, self.config, self.workdir = exp, exp.config, workdir
     self.say = console.say if distributed.is_chief() else (lambda line='': None)
-    self.ckpt = checkpointing.Checkpointer(workdir, self.config.train.keep_checkpoints)
+    self.ckpt = checkpointing.Checkpointer(workdir, self.config.train.keep_checkpoints,
+                                           warn=self.say)
     self.best_score = -math.inf
     if self.ckpt.latest_step() is None:
       self.state = experiment.create_state(exp)
@@ -70,7 +85,11 @@ class _Trainer:
     self.step = int(jax.device_get(self.state.step))
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.state.params))
     self.say(console.format_startup(exp, self.step, num_params, str(workdir)))
-    self.log = run_log.RunLog(workdir, enabled=distributed.is_chief())
+    # Rows of steps after the restored one are dropped: they are about to be logged again.
+    self.log = run_log.RunLog(workdir, enabled=distributed.is_chief(), resume_step=self.step)
+    # Killed after the checkpoint of an evaluation step but before its evaluation: do it first.
+    self.pending_evaluation = (self._is_evaluation_step(self.step) and
+                               not run_log.has_scalar(workdir, self.step, 'test/mAP'))
     self.evaluator = evaluator_lib.Evaluator(exp.model, exp.spec, exp.mesh, self.config)
     self.train_step = steps.jit_train_step(
         steps.make_train_step(exp.model, exp.spec, exp.tx, self.config.loss,
@@ -78,7 +97,7 @@ class _Trainer:
 
   def run(self) -> dict[str, float]:
     from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-    exp, train_config = self.exp, self.config.train
+    exp = self.exp
     stream = pipeline.make_train_stream(exp.train_records, self.config.data,
                                         start_step=self.step, process_index=jax.process_index(),
                                         process_count=jax.process_count())
@@ -87,31 +106,55 @@ class _Trainer:
     final_scalars: dict[str, float] = {}
     clock = (time.perf_counter(), self.step)
     compiled_step = None
-    while self.step < exp.total_steps:
-      host_batch = next(stream)
-      batch = sharding.shard_batch({k: host_batch[k] for k in exp.spec.batch.train_keys},
-                                   exp.mesh)
-      if compiled_step is None:
-        # Compiled ahead, then every process starts stepping together (see distributed.barrier).
-        compiled_step = self.train_step.lower(self.state, batch).compile()
-        distributed.barrier('train_step')
-      self.state, metrics = compiled_step(self.state, batch)
-      self.step += 1
-      if previous is not None and not float(previous[1]['finite']):
-        _raise_non_finite(previous[0], jax.device_get(previous[1]))
-      previous = (self.step, metrics)
-      pending.append(metrics)
-      last = self.step == exp.total_steps
-      if self.step % train_config.log_every_steps == 0 or last:
-        clock = self._log_progress(pending, clock)
-        pending = []
-      end_of_epoch = self.step % exp.steps_per_epoch == 0
-      if self.step % train_config.checkpoint_every_steps == 0 or end_of_epoch or last:
-        self._save_checkpoint()
-      epoch = self.step // exp.steps_per_epoch
-      if (end_of_epoch and epoch % train_config.eval_every_epochs == 0) or last:
-        final_scalars = self.evaluate()
+    if self.pending_evaluation:
+      final_scalars = self.evaluate()
+    try:
+      while self.step < exp.total_steps:
+        host_batch = next(stream)
+        compiled_step, previous, pending, clock, scalars = self._step(
+            host_batch, compiled_step, previous, pending, clock)
+        final_scalars = scalars or final_scalars
+    except NonFiniteLossError as e:
+      # The step skips non-finite updates, so the state in hand is the last finite one.
+      self._save_checkpoint()
+      raise NonFiniteLossError(f'{e} The last finite state is saved in '
+                               f'{self.workdir / "checkpoints" / str(self.step)}.') from None
     return final_scalars or self.evaluate()   # a finished run resumed: evaluate what is there
+
+  def _is_evaluation_step(self, step: int) -> bool:
+    exp = self.exp
+    end_of_epoch = step > 0 and step % exp.steps_per_epoch == 0
+    epoch = step // exp.steps_per_epoch
+    return (end_of_epoch and epoch % self.config.train.eval_every_epochs == 0) or (
+        step == exp.total_steps)
+
+  def _step(self, host_batch, compiled_step, previous, pending, clock):
+    """One training step with its logging, checkpoint and evaluation.
+
+    Returns the loop's carried values (compiled step, previous step's metrics, metrics pending
+    logging, clock) and the evaluation scalars when this step evaluated (else None).
+    """
+    exp, train_config = self.exp, self.config.train
+    batch = sharding.shard_batch({k: host_batch[k] for k in exp.spec.batch.train_keys}, exp.mesh)
+    if compiled_step is None:
+      # Compiled ahead, then every process starts stepping together (see distributed.barrier).
+      compiled_step = self.train_step.lower(self.state, batch).compile()
+      distributed.barrier('train_step')
+    self.state, metrics = compiled_step(self.state, batch)
+    self.step += 1
+    if previous is not None and not float(previous[1]['finite']):
+      _raise_non_finite(previous[0], jax.device_get(previous[1]))
+    previous = (self.step, metrics)
+    pending.append(metrics)
+    last = self.step == exp.total_steps
+    if self.step % train_config.log_every_steps == 0 or last:
+      clock = self._log_progress(pending, clock)
+      pending = []
+    end_of_epoch = self.step % exp.steps_per_epoch == 0
+    if self.step % train_config.checkpoint_every_steps == 0 or end_of_epoch or last:
+      self._save_checkpoint()
+    scalars = self.evaluate() if self._is_evaluation_step(self.step) else None
+    return compiled_step, previous, pending, clock, scalars
 
   def _save_checkpoint(self) -> None:
     meta = {'step': self.step, 'epoch': self.step / self.exp.steps_per_epoch}
@@ -166,7 +209,7 @@ def _raise_non_finite(step: int, metrics: Mapping[str, Any]) -> None:
   flat = steps.flatten_metrics(metrics)
   terms = ', '.join(f'{k}={float(v):.4g}' for k, v in sorted(flat.items()))
   raise NonFiniteLossError(
-      f'Non-finite loss at step {step}; training stopped with the last finite state kept '
-      f'(the update of that step was skipped). Terms: {terms}. Lower config.optim.base_lr, '
-      'enable config.optim.grad_clip_norm, or check the input data.')
+      f'Non-finite loss at step {step}; training stopped (the update of that step was skipped). '
+      f'Terms: {terms}. Lower config.optim.base_lr, enable config.optim.grad_clip_norm, or check '
+      'the input data.')
 

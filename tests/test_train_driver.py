@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -37,8 +38,17 @@ def test_the_driver_stops_with_a_clear_message_on_a_non_finite_loss(tiny_synthet
       yield batch
 
   monkeypatch.setattr(pipeline, 'make_train_stream', poisoned_stream)
-  with pytest.raises(train.NonFiniteLossError, match='Non-finite loss at step 1'):
+  with pytest.raises(train.NonFiniteLossError, match='Non-finite loss at step 1') as info:
     train.train_and_evaluate(config, str(tmp_path / 'run'))
+  # The last finite state is on disk, where the message says, and it is finite.
+  saved = pathlib.Path(str(info.value).rsplit('saved in ', 1)[1].rstrip('.'))
+  assert saved.parent == tmp_path / 'run' / 'checkpoints' and saved.is_dir()
+  exp = experiment.build_eval_experiment(config)
+  ckpt = checkpointing.Checkpointer(tmp_path / 'run', 1, read_only=True)
+  variables, _, _ = ckpt.restore_variables(exp.variable_template)
+  ckpt.close()
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(variables))
+  assert not (tmp_path / 'run' / '.lock').exists()      # released on the way out
 
 
 def _train_script(root: str, workdir: pathlib.Path, max_steps: int) -> subprocess.Popen:
@@ -92,7 +102,8 @@ def test_a_run_killed_at_any_moment_resumes_with_the_losses_of_an_uninterrupted_
   assert sorted(straight) == [1, 2, 3, 4, 5, 6]
   resumed = [(l['step'], l['train/loss']) for l in _metric_lines(root / 'killed')
              if 'train/loss' in l]
-  assert {step for step, _ in resumed} == set(straight)
+  # One row per step: the rows of steps replayed after the restart are not duplicated.
+  assert sorted(step for step, _ in resumed) == sorted(straight)
   # Steps logged before the kill and again after the restart agree too.
   for step, loss in resumed:
     np.testing.assert_allclose(loss, straight[step], rtol=1e-5, err_msg=f'step {step}')
