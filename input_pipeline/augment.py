@@ -39,6 +39,24 @@ def resize(image: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((w, h), RESAMPLE[method]))
 
 
+def normalize_constants(mean, std) -> tuple[np.ndarray, np.ndarray]:
+  """(scale, offset), float32 [C] each, with float32(x) * scale - offset = (x / 255 - mean) / std.
+
+  The one definition of the normalisation constants: the tf.data streams, their NumPy reference
+  and feature extraction (`facenet_jax.inference`) all derive theirs from here, so train-time,
+  evaluation and inference preprocessing cannot drift apart.
+  """
+  mean = np.asarray(mean, np.float32)
+  inv_std = np.float32(1.0) / np.asarray(std, np.float32)
+  return inv_std / np.float32(255.0), mean * inv_std
+
+
+def normalize(images: np.ndarray, mean, std) -> np.ndarray:
+  """uint8 [..., C] -> float32 [..., C]: (x / 255 - mean) / std, the streams' float32 operations."""
+  scale, offset = normalize_constants(mean, std)
+  return images.astype(np.float32) * scale - offset
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentParams:
   """One draw: flip, crop offset into the padded image, optional erasing box [y, x, h, w]."""

@@ -156,9 +156,7 @@ def _finish(raw: dict, data_config, xp) -> dict:
   where the arithmetic runs multi-threaded outside the Python lock). Both compute
   float32(x) * (1 / (255 std)) - mean / std, the same float32 operations.
   """
-  mean = np.asarray(data_config.mean, np.float32)
-  inv_std = np.float32(1.0) / np.asarray(data_config.std, np.float32)
-  scale, offset = inv_std / np.float32(255.0), mean * inv_std
+  scale, offset = augment.normalize_constants(data_config.mean, data_config.std)
   out = {k: v for k, v in raw.items() if k not in MODALITIES and not k.endswith('_erase')}
   for m in MODALITIES:
     if xp is tf:
@@ -168,7 +166,7 @@ def _finish(raw: dict, data_config, xp) -> dict:
       flat = tf.reshape(tf.cast(raw[m], tf.float32), [-1, w * c])
       x = tf.reshape(flat * np.tile(scale, w) - np.tile(offset, w), tf.shape(raw[m]))
     else:
-      x = raw[m].astype(np.float32) * scale - offset
+      x = augment.normalize(raw[m], data_config.mean, data_config.std)
     if f'{m}_erase' in raw:
       fill = raw[f'{m}_erase']
       x = xp.where(xp.math.is_nan(fill) if xp is tf else np.isnan(fill), x, fill)

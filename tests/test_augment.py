@@ -95,3 +95,10 @@ def test_crop_batch_matches_row_by_row():
     for m, image in enumerate(images):
       p = augment.draw_params(rng, (12, 6), cfg.hflip_prob, cfg.pad_pixels, 0.0)
       np.testing.assert_array_equal(out[m][r], augment.flip_pad_crop(image, p, 3))
+
+
+def test_normalize_maps_the_uint8_range_through_mean_and_std():
+  x = np.array([[[0, 255, 51]]], np.uint8)
+  out = augment.normalize(x, (0.5, 0.5, 0.2), (0.5, 0.25, 0.2))
+  assert out.dtype == np.float32
+  np.testing.assert_allclose(out, [[[-1.0, 2.0, 0.0]]], atol=1e-6)
