@@ -209,7 +209,8 @@ def load_model(workdir: str | pathlib.Path, which: str = 'best', step: int | Non
       the checksums written with it), or one of another model.
   """
   config = read_config(workdir)
-  step_dir = find_checkpoint(workdir, which, step)
+  # Absolute: orbax refuses relative checkpoint paths.
+  step_dir = find_checkpoint(workdir, which, step).absolute()
   # The checksums the trainer recorded: a damaged step is refused, never silently replaced.
   checkpointing.verify_step(step_dir)
   saved = _saved_shapes(step_dir / 'state')

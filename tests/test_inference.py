@@ -142,8 +142,10 @@ def test_the_script_writes_one_row_per_triplet(run, photos, extracted, tmp_path)
   gallery_dir = pathlib.Path(photos[-1].rgb_path).parents[2]
   gallery = [r for r in photos if r.split == 'gallery']
   out = tmp_path / 'out' / 'gallery_features.npz'
-  proc = _script('--workdir', str(workdir), '--images', str(gallery_dir), '--out', str(out),
-                 '--checkpoint', 'latest', '--export', str(tmp_path / 'model.jaxexport'))
+  # A relative --workdir (the script runs in the repository root), as users type it.
+  proc = _script('--workdir', os.path.relpath(workdir, REPO_ROOT), '--images', str(gallery_dir),
+                 '--out', str(out), '--checkpoint', 'latest',
+                 '--export', str(tmp_path / 'model.jaxexport'))
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert len(lines) == 1 and lines[0].startswith(f'{len(gallery)} embeddings'), lines
