@@ -91,12 +91,12 @@ class StudySettings:
   data_seed: int = 0
   image_size: tuple[int, int] = (128, 64)
   depth: int = 18
-  width_multiplier: float = 0.5
+  width_multiplier: float = 0.25
   last_stride: int = 1
   mask_similarity: str = 'signed'     # the Eq. 5 reading in which FMI can switch mask cells
   num_ids_per_batch: int = 8
   num_instances: int = 4
-  num_epochs: int = 16
+  num_epochs: int = 60
   base_lr: float = 1e-3
   max_steps: int = 0                 # > 0 caps the steps (tests)
 

@@ -13,8 +13,9 @@ and writes OUT/results.md (Markdown tables of mean ± std), OUT/results.json and
 Killed and started again with the same flags, it skips finished runs and resumes the unfinished
 one from its checkpoints. Seed-major order: a stopped study has every row at the same seed count.
 
-The default settings (half-width ResNet-18 streams at 128x64 with last stride 1, so the layer-4
-mask grid is 8x4; 120 ids x 8 triplets with 22% glared; batch 8x4) are the README study's.
+The default settings (quarter-width ResNet-18 streams at 128x64 with last stride 1, so the layer-4
+mask grid is 8x4; 120 ids x 8 triplets with 22% glared; batch 8x4; 60 epochs = 1200 steps) are
+the README study's.
 """
 
 import os

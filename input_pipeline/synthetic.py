@@ -182,7 +182,7 @@ def _make_identity(rng: np.random.Generator) -> _Identity:
     box = (u0, u0 + u(0.15, 0.35), v0, v0 + u(0.06, 0.14))
     rgb = _hsv_to_rgb(u(), u(0.5, 1.0), u(60, 240))
     # NI sees a decal at a fraction of its visible contrast.
-    ni = ni_body + 0.5 * (_luma(rgb) - _luma(color)) + u(-15, 15)
+    ni = ni_body + 0.35 * (_luma(rgb) - _luma(color)) + u(-15, 15)
     decals.append((box, rgb, float(np.clip(ni, 10, 240))))
   plate_bg, plate_ink = [(np.asarray([232.0, 232, 222]), np.asarray([25.0, 25, 30])),
                          (np.asarray([236.0, 200, 40]), np.asarray([20.0, 20, 20])),
@@ -327,15 +327,20 @@ def _paint_ni(ident: _Identity, cam: _Camera, scene: _Scene, rng: np.random.Gene
   return ni * cam.ni_gain * rng.uniform(0.95, 1.25) * (0.9 if night else 1.0)
 
 
-def _paint_ti(cam: _Camera, scene: _Scene, rng: np.random.Generator, night: bool,
-              size: tuple[int, int]) -> np.ndarray:
-  """Heat only: type silhouette and layout, with per-capture warmth (no identity colours)."""
+def _paint_ti(ident: _Identity, cam: _Camera, scene: _Scene, rng: np.random.Generator,
+              night: bool, size: tuple[int, int]) -> np.ndarray:
+  """Heat only: type silhouette and layout, with per-capture warmth (no identity colours).
+
+  By day the sun heats dark paint more than light paint, so body heat carries a little of the
+  paint's brightness; at night it is ambient.
+  """
   h, w = size
   p = scene.parts
   yy = np.mgrid[0:h, 0:w][0].astype(np.float64)
   u = rng.uniform
   ti = cam.bg_ti + u(-8, 8) + 15 * (yy / h)
-  ti[p['body']] = u(80, 100) if night else u(105, 140)   # sun-heated by day
+  dark = 1.0 - _luma(ident.color) / 255.0
+  ti[p['body']] = u(80, 100) if night else 100 + 50 * dark + u(-8, 8)
   ti[p['window']] = u(45, 65)
   ti[p['wheels']] = u(110, 190)
   ti[p['engine']] = u(120, 215)    # engine warmth: how long it has been running
@@ -445,14 +450,14 @@ def render_triplet(ident: _Identity, cam: _Camera, rng: np.random.Generator,
   scene = _layout(ident, cam, rng, big)
   rgb_s = _paint_rgb(ident, cam, scene, rng, night, big)
   ni_s = _paint_ni(ident, cam, scene, rng, night, big)
-  ti_s = _paint_ti(cam, scene, rng, night, big)
+  ti_s = _paint_ti(ident, cam, scene, rng, night, big)
   blur = cam.blur * h / 64.0
   rgb = _sensor(rgb_s, size, blur)
-  ni = _sensor(ni_s, size, blur + 0.2 * h / 64.0)
+  ni = _sensor(ni_s, size, blur + 0.5 * h / 64.0)   # NI sensors resolve less than RGB ones
   ti = _sensor(ti_s, size, blur + 1.3 * h / 64.0)   # low-resolution thermal optics
   noise_sd = 4.0 if night else 2.5
   n_rgb = rng.normal(0, noise_sd, rgb.shape)
-  n_ni = rng.normal(0, 2.5, ni.shape)
+  n_ni = rng.normal(0, 4.0, ni.shape)
   n_ti = rng.normal(0, 2.0, ti.shape)
   clean_rgb, clean_ni = _quantise(rgb, n_rgb), _gray3(_quantise(ni, n_ni))
   cues = {name: _box_down(scene.parts[name], size) for name in CUE_PARTS}

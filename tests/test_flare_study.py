@@ -75,7 +75,7 @@ def test_single_stream_and_control_rows_configure_their_models():
   settings = study.StudySettings()
   single = study.run_config('single_ti', 1, settings, '/data')
   assert single.model.name == 'single_stream' and single.model.modality == 'ti'
-  assert single.model.width_multiplier == 0.5 and single.data.image_size == (128, 64)
+  assert single.model.width_multiplier == 0.25 and single.data.image_size == (128, 64)
   control = study.run_config('table2_fce_all', 0, settings, '/data')
   assert control.model.fce_gate == 'all' and control.model.mask_similarity == 'signed'
   assert study.expand_rows('single') == ['single_rgb', 'single_ni', 'single_ti']
