@@ -117,6 +117,7 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   data.num_ids_per_batch = 8        # P: distinct identities per training batch
   data.num_instances = 4            # K: triplets per identity in a batch (P x K = global batch)
   data.eval_batch_size = 64         # query/gallery batch (padded, with a mask)
+  data.prescan = True              # decode every image once before training (bad files fail fast, all listed)
   data.num_val_ids = 0              # training ids held out as a validation split for model selection
   data.flare_rule = 'paper'         # 'paper': >10% of values in [250,255], per modality;
                                     # 'official': >=9.5% in the image's own top 2%, RGB and NI jointly

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -423,6 +424,7 @@ def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings:
   limits a row to its own seeds (e.g. one seed for the single-stream rows).
   """
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
+  from facenet_jax import workdir  # pylint: disable=g-import-not-at-top
 
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -466,7 +468,14 @@ def run_study(out_dir: str, rows: Sequence[str], seeds: Iterable[int], settings:
       else:
         log(f'{row} seed {seed}: training in {run_dir}')
         start = time.time()
-        train.train_and_evaluate(config, str(run_dir))
+        try:
+          train.train_and_evaluate(config, str(run_dir))
+        except workdir.ConfigMismatchError as e:
+          # An unfinished run of an older code version: its partial state is disposable, and a
+          # result must come from one config, so it starts again.
+          log(f'{row} seed {seed}: unfinished run with another config, started again ({e})')
+          shutil.rmtree(run_dir)
+          train.train_and_evaluate(config, str(run_dir))
         train_seconds = time.time() - start
         result = {'row': row, 'seed': seed, 'run_dir': str(run_dir),
                   'train_seconds': train_seconds, **evaluate_run(config, str(run_dir))}

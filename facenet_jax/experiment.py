@@ -70,6 +70,12 @@ def build_eval_experiment(config: ml_collections.ConfigDict) -> EvalExperiment:
         f'config.data.root={root!r} is not a directory: point it at the {config.data.dataset} '
         'dataset on local disk (see README, "Dataset layouts").')
   splits = pipeline.load_splits_for_config(config.data)
+  if config.data.source == 'folder' and config.data.prescan:
+    # Every image decoded once now: a bad file fails the run before its first step, not at the
+    # first evaluation hours later, and every problem is listed at once.
+    problems = records_lib.prescan(splits)
+    if problems:
+      raise records_lib.DatasetError(records_lib.format_problems(problems, root))
   train_records, val_query, val_gallery = splits.train, [], []
   if config.data.num_val_ids > 0:
     train_records, val_query, val_gallery = records_lib.split_validation(

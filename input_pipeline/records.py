@@ -300,6 +300,42 @@ def load_splits(dataset: str, root: str) -> Splits:
   return splits
 
 
+def prescan(splits: Splits) -> list[str]:
+  """Every problem that would stop a run midway or skew its numbers, found before it starts.
+
+  Decodes every image of every split once (`load_triplet`, what training and evaluation use),
+  checks that the three images of a triplet have the same size (they are aligned views), and that
+  every query id has gallery images (else its queries cannot be scored). Returns the problem
+  messages, each naming a file or the ids.
+  """
+  problems: list[str] = []
+  for split in SPLITS:
+    for r in getattr(splits, split):
+      try:
+        rgb, ni, ti = load_triplet(r)
+      except DatasetError as e:
+        problems.append(str(e))
+        continue
+      if not r.montage and not rgb.shape[:2] == ni.shape[:2] == ti.shape[:2]:
+        problems.append(f'{r.rgb_path}: the triplet\'s images differ in size (RGB '
+                        f'{rgb.shape[1]}x{rgb.shape[0]}, NI {ni.shape[1]}x{ni.shape[0]} '
+                        f'{r.ni_path}, TI {ti.shape[1]}x{ti.shape[0]} {r.ti_path})')
+  gallery_ids = {g.pid for g in splits.gallery}
+  absent = sorted({q.pid for q in splits.query} - gallery_ids)
+  if absent:
+    shown = ', '.join(map(str, absent[:20])) + (' ...' if len(absent) > 20 else '')
+    problems.append(f'{len(absent)} query ids have no gallery images, so their queries cannot be '
+                    f'scored: {shown}')
+  return problems
+
+
+def format_problems(problems: Sequence[str], root: str) -> str:
+  """One message listing every problem (the first 50) of the tree at `root`."""
+  listed = '\n'.join(f'  {p}' for p in problems[:50])
+  more = f'\n  ... and {len(problems) - 50} more' if len(problems) > 50 else ''
+  return f'{len(problems)} problems in the dataset at {root}:\n{listed}{more}'
+
+
 # ------------------------------------------------------------------------------ validation split
 
 

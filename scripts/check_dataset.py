@@ -8,7 +8,9 @@ Counts: identities, triplets, cameras and scenes per split, the flare pseudo-lab
 rules (decodes every image; --skip_images only reads the tree), training ids with a single
 triplet (kept; the sampler repeats them) and queries without a gallery match from another
 camera. Problems: everything the reader rejects (missing folders, unpaired or unparseable files,
-empty splits) and every image that cannot be decoded. Exits with status 1 if there are problems.
+empty splits) and what training's pre-scan (`records.prescan`, `data.prescan`) rejects: images
+that cannot be decoded, triplets whose images differ in size, query ids absent from the gallery.
+Exits with status 1 if there are problems.
 With --prepare_tfds a clean tree is then prepared into TFDS shards (offline).
 
 --realism (synthetic trees only) also measures whether the tree poses a realistic glare problem
@@ -52,20 +54,21 @@ def check_dataset(dataset: str, root: str, decode_images: bool = True
     line = (f'{split:<8} {records.num_classes(recs):>5} {len(recs):>8} '
             f'{",".join(map(str, cams)):<18} {scenes:>9}')
     if decode_images:
-      paper, official, bad = [], [], 0
+      paper, official = [], []
       for r in recs:
         try:
           rgb, ni, _ = records.load_triplet(r)
-        except records.DatasetError as e:
-          problems.append(str(e))
-          bad += 1
-          continue
+        except records.DatasetError:
+          continue        # listed by records.prescan below
         paper.append(flare_label.flare_bits(rgb, ni, 'paper'))
         official.append(flare_label.flare_bits(rgb, ni, 'official')[0])
       if paper:
         p = 100 * np.mean(paper, axis=0)
         line += f' {p[0]:>10.1f}%, {p[1]:>5.1f}% {100 * np.mean(official):>13.1f}%'
     lines.append(line)
+  if decode_images:
+    # The checks training runs before its first step (data.prescan): the same problems fail both.
+    problems.extend(records.prescan(splits))
   single = records.single_image_ids(splits.train)
   if single:
     lines.append(f'note: {len(single)} training ids have a single triplet (kept, sampled with '

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests import fake_trees
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts')
@@ -64,3 +66,28 @@ def test_realism_mode_reports_every_check_and_fails_when_one_fails(tmp_path):
   assert 'realism of 18 triplets (train + gallery)' in text, text
   rc, text = _run('check_dataset.py', '--dataset', 'wmveid863', '--root', out, '--realism')
   assert rc != 0 and '--realism needs --dataset synthetic' in text
+
+
+def test_the_prescan_lists_bad_images_mismatched_triplets_and_unscorable_queries(tmp_path):
+  """The same problems fail check_dataset.py and a training run before its first step."""
+  from facenet_jax import experiment
+  from input_pipeline import records
+  from tests.tiny import tiny_config
+
+  root = fake_trees.simple_wmveid863(str(tmp_path / 'wmv'))
+  truncated = os.path.join(root, 'train', '0003', 'ni', 'v2_n0_s003_000.png')
+  with open(truncated, 'r+b') as f:
+    f.truncate(40)
+  fake_trees.write_image(os.path.join(root, 'train', '0007', 'th', 'v4_n1_s006_000.png'),
+                         (20, 8, 3), seed=99)                 # TI taller than its RGB and NI
+  fake_trees.make_wmveid863(root, {'query': {44: ['v2_n0_s020_000.png']}})   # not in the gallery
+  rc, text = _run('check_dataset.py', '--dataset', 'wmveid863', '--root', root)
+  assert rc == 1 and '3 problems:' in text, text
+  assert f'{truncated}: unreadable or truncated' in text
+  assert 'differ in size (RGB 8x16, NI 8x16' in text and 'TI 8x20' in text
+  assert '1 query ids have no gallery images' in text and ': 44' in text
+  config = tiny_config(root)
+  config.data.dataset = 'wmveid863'
+  with pytest.raises(records.DatasetError, match=r'3 problems in the dataset at') as info:
+    experiment.build_experiment(config)
+  assert 'unreadable or truncated' in str(info.value) and 'query ids' in str(info.value)
