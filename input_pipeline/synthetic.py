@@ -284,13 +284,20 @@ def _layout(ident: _Identity, cam: _Camera, rng: np.random.Generator,
                 (y0 + 0.5 * (pv0 + pv1) * bh, x0 + pu * bw))
 
 
+def _background_texture(cam: _Camera, size: tuple[int, int]) -> np.ndarray:
+  """float [H, W] in [0, 1]: the camera's background pattern (shared by RGB and NI)."""
+  h, w = size
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+  fy, fx, ph = cam.texture
+  return 0.5 + 0.5 * np.sin(2 * np.pi * (fy * yy / h + fx * xx / w) + ph)
+
+
 def _paint_rgb(ident: _Identity, cam: _Camera, scene: _Scene, rng: np.random.Generator,
                night: bool, size: tuple[int, int]) -> np.ndarray:
   h, w = size
   p = scene.parts
-  yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-  fy, fx, ph = cam.texture
-  tex = 0.5 + 0.5 * np.sin(2 * np.pi * (fy * yy / h + fx * xx / w) + ph)
+  yy = np.mgrid[0:h, 0:w][0].astype(np.float64)
+  tex = _background_texture(cam, size)
   road = (yy / h > 0.75)[..., None]
   rgb = np.where(road, cam.bg_rgb2, cam.bg_rgb) * (0.8 + 0.4 * tex[..., None])
   shade = 1.0 - 0.12 * np.clip((yy - scene.box[1]) / max(scene.box[3], 1.0), 0, 1)
@@ -311,11 +318,8 @@ def _paint_rgb(ident: _Identity, cam: _Camera, scene: _Scene, rng: np.random.Gen
 
 def _paint_ni(ident: _Identity, cam: _Camera, scene: _Scene, rng: np.random.Generator,
               night: bool, size: tuple[int, int]) -> np.ndarray:
-  h, w = size
   p = scene.parts
-  yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-  fy, fx, ph = cam.texture
-  ni = cam.bg_ni * (0.85 + 0.3 * (0.5 + 0.5 * np.sin(2 * np.pi * (fy * yy / h + fx * xx / w) + ph)))
+  ni = cam.bg_ni * (0.85 + 0.3 * _background_texture(cam, size))
   ni[p['body']] = ident.ni_body
   for k, (_, _, value) in enumerate(ident.decals):
     ni[p[f'decal{k}']] = value
