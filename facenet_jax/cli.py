@@ -65,7 +65,7 @@ def with_expected_errors(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequ
     try:
       return main(argv)
     except EXPECTED_ERRORS as e:
-      if VERBOSE.value:
+      if flags.FLAGS.is_parsed() and VERBOSE.value:
         raise
       message = str(e).strip() or type(e).__name__
       sys.stderr.write(f'error: {message} (--verbose shows the traceback)\n')

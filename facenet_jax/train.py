@@ -34,7 +34,8 @@ class NonFiniteLossError(FloatingPointError):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        exp: experiment.Experiment | None = None,
-                       allow_config_change: bool = False) -> dict[str, Any]:
+                       allow_config_change: bool = False,
+                       strict_checkpoints: bool = False) -> dict[str, Any]:
   """Train for `config.train.num_epochs` (or `max_steps`), evaluating every `eval_every_epochs`.
 
   Resumes from the latest intact checkpoint in `workdir/checkpoints`. Writes `config.json` (the
@@ -42,7 +43,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `facenet_jax.workdir`), `metrics.jsonl` (one line per log point and evaluation, also after
   resumes), TensorBoard scalars and the checkpoints into `workdir`, which one trainer holds at a
   time (`<workdir>/.lock`). Returns the final scalars (test split, and validation if any).
-  `exp` reuses an experiment built already from the same config.
+  `exp` reuses an experiment built already from the same config. `strict_checkpoints` refuses a
+  damaged latest checkpoint instead of resuming from the previous intact one.
   """
   distributed.initialize(config.train)
   workdir_path = pathlib.Path(workdir)
@@ -57,7 +59,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if changes:
         console.say(f'config changed at resume (recorded in {workdir_lib.HISTORY_FILE}): '
                     f'{workdir_lib.format_differences(changes)}')
-    trainer = _Trainer(exp or experiment.build_experiment(config), workdir_path)
+    trainer = _Trainer(exp or experiment.build_experiment(config), workdir_path,
+                       strict_checkpoints)
     try:
       return trainer.run()
     finally:
@@ -69,11 +72,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 class _Trainer:
   """One run's state and the pieces around it; `run` is the loop."""
 
-  def __init__(self, exp: experiment.Experiment, workdir: pathlib.Path):
+  def __init__(self, exp: experiment.Experiment, workdir: pathlib.Path,
+               strict_checkpoints: bool = False):
     self.exp, self.config, self.workdir = exp, exp.config, workdir
     self.say = console.say if distributed.is_chief() else (lambda line='': None)
     self.ckpt = checkpointing.Checkpointer(workdir, self.config.train.keep_checkpoints,
-                                           warn=self.say)
+                                           strict=strict_checkpoints, warn=self.say)
     self.best_score = -math.inf
     if self.ckpt.latest_step() is None:
       self.state = experiment.create_state(exp)

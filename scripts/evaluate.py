@@ -32,6 +32,8 @@ _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest
 _BEST = flags.DEFINE_bool('best', False, 'Evaluate the best-by-validation checkpoint.')
 _EXPORT = flags.DEFINE_bool('export_features', False, 'Save embeddings, pids, camids as .npy.')
 _OUT = flags.DEFINE_string('out', None, 'Output folder for the report.')
+_STRICT = flags.DEFINE_bool('strict', False, 'Refuse a damaged latest checkpoint instead of using '
+                            'the previous intact one.')
 flags.mark_flags_as_required(['workdir'])
 
 # Fields that may differ from the record without changing results (where things are, not what).
@@ -71,7 +73,7 @@ def main(argv):
     print(line, file=sys.stderr)
   result = report.evaluate_checkpoint(
       config, _WORKDIR.value, step=_STEP.value, best=_BEST.value, out_dir=_OUT.value,
-      export_features=_EXPORT.value)
+      export_features=_EXPORT.value, strict=_STRICT.value)
   title = (f'{config.data.dataset} test split, {"best" if _BEST.value else "step"} '
            f'checkpoint (step {result["step"]}), percent')
   print(console.format_metric_table({'test': result['metrics']}, title))

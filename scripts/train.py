@@ -21,6 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file with get_config().', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and pictures.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the resolved config and exit.')
+_STRICT = flags.DEFINE_bool('strict', False, 'Refuse a damaged latest checkpoint instead of resuming '
+                            'from the previous intact one.')
 _ALLOW_CHANGE = flags.DEFINE_bool('allow_config_change', False, 'Resume with a config that differs '
                                   'from the recorded one (the change is recorded).')
 flags.mark_flags_as_required(['config'])
@@ -36,7 +38,8 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required unless --dry_run is given.')
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
-  train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
+  train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value,
+                          strict_checkpoints=_STRICT.value)
 
 
 if __name__ == '__main__':

@@ -115,3 +115,17 @@ def test_expected_errors_are_one_message_without_a_traceback(tiny_synthetic_root
   assert 'config.model.plugin_layer' in proc.stderr.splitlines()[-1], proc.stderr[-2000:]
   proc = _train(['--config.model.plugin_layer=7', '--verbose'], tiny_synthetic_root, work)
   assert proc.returncode == 1 and 'Traceback' in proc.stderr
+
+
+def test_a_full_disk_is_one_message_and_status_1(capsys):
+  from facenet_jax import cli
+
+  def main(argv):
+    raise OSError(28, 'No space left on device', '/runs/x/checkpoints/40')
+
+  with pytest.raises(SystemExit) as info:
+    cli.with_expected_errors(main)([])
+  assert info.value.code == 1
+  err = capsys.readouterr().err.splitlines()
+  assert err == ["error: [Errno 28] No space left on device: '/runs/x/checkpoints/40' "
+                 '(--verbose shows the traceback)']

@@ -22,7 +22,8 @@ from facenet_jax.eval import visualize
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
                         best: bool = False, out_dir: str | None = None,
                         export_features: bool = False, num_rank_list_queries: int = 6,
-                        exp: experiment.EvalExperiment | None = None) -> dict[str, Any]:
+                        exp: experiment.EvalExperiment | None = None,
+                        strict: bool = False) -> dict[str, Any]:
   """Restore a checkpoint's variables, embed query and gallery once each, write the report.
 
   Only the model's variables are read (no optimiser is built or restored). `exp` reuses an
@@ -37,7 +38,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   if not exp.query:
     raise ValueError(f'The query split of {config.data.dataset} at {config.data.root!r} is empty: '
                      'nothing to evaluate.')
-  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints, read_only=True)
+  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints, read_only=True,
+                                    strict=strict)
   variables, restored_step, meta = ckpt.restore_variables(
       exp.variable_template, step=step, best=best)
   ckpt.close()
