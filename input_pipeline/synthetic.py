@@ -106,6 +106,8 @@ class _Identity:
   tail_tint: np.ndarray      # rear lamp lens RGB
   windows: int
   roof_rack: bool
+  engine_shift: tuple[float, float]   # (du, dv) of this vehicle's engine heat from its type's
+  exhaust_u: float                    # this vehicle's exhaust position seen from the rear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,23 +176,25 @@ def _luma(rgb: np.ndarray) -> float:
 def _make_identity(rng: np.random.Generator) -> _Identity:
   u = rng.uniform
   color = _body_color(rng)
-  # NIR reflectance of paint tracks its brightness only loosely (pigments differ in the NIR).
-  ni_body = float(np.clip(0.75 * _luma(color) + u(20, 100), 20, 250))
+  # NIR reflectance of paint follows its brightness, with little else of the paint in it: in NI
+  # vehicles of one brightness look alike (no hue), the main reason NI carries less than RGB.
+  ni_body = float(np.clip(0.7 * _luma(color) + 55 + u(-12, 12), 20, 250))
   decals = []
   for _ in range(int(rng.choice([0, 1, 1, 2, 2]))):
     u0, v0 = u(0.05, 0.6), u(0.45, 0.7)
     box = (u0, u0 + u(0.15, 0.35), v0, v0 + u(0.06, 0.14))
     rgb = _hsv_to_rgb(u(), u(0.5, 1.0), u(60, 240))
     # NI sees a decal at a fraction of its visible contrast.
-    ni = ni_body + 0.35 * (_luma(rgb) - _luma(color)) + u(-15, 15)
+    ni = ni_body + 0.25 * (_luma(rgb) - _luma(color)) + u(-10, 10)
     decals.append((box, rgb, float(np.clip(ni, 10, 240))))
   plate_bg, plate_ink = [(np.asarray([232.0, 232, 222]), np.asarray([25.0, 25, 30])),
                          (np.asarray([236.0, 200, 40]), np.asarray([20.0, 20, 20])),
                          (np.asarray([40.0, 70, 160]), np.asarray([230.0, 230, 230]))][
                              int(rng.integers(3))]
   round_lamp = rng.random() < 0.5
+  vtype = int(rng.integers(len(VEHICLE_TYPES)))
   return _Identity(
-      vtype=int(rng.integers(len(VEHICLE_TYPES))), width=u(0.95, 1.05), height=u(0.95, 1.05),
+      vtype=vtype, width=u(0.95, 1.05), height=u(0.95, 1.05),
       color=color, ni_body=ni_body, decals=tuple(decals), plate_u=u(0.36, 0.64),
       plate_bg=plate_bg, plate_ink=plate_ink, plate_code=rng.random((2, 6)) < 0.5,
       lamp_u=u(0.1, 0.24), lamp_v=u(0.48, 0.64),
@@ -198,7 +202,10 @@ def _make_identity(rng: np.random.Generator) -> _Identity:
       lamp_ry=u(0.06, 0.09) if round_lamp else u(0.035, 0.06),
       lamp_tint=np.asarray([200.0, 205, 215]) + u(-20, 20, 3),
       tail_tint=np.asarray([u(150, 220), u(20, 60), u(20, 50)]),
-      windows=int(rng.integers(1, 4)), roof_rack=bool(rng.random() < 0.3))
+      windows=int(rng.integers(1, 4)), roof_rack=bool(rng.random() < 0.3),
+      # Engines and exhausts sit differently on each vehicle: what TI sees of the identity.
+      engine_shift=(u(-0.1, 0.1), u(-0.08, 0.08)),
+      exhaust_u=float(np.clip(VEHICLE_TYPES[vtype].exhaust_u + u(-0.12, 0.12), 0.1, 0.9)))
 
 
 def _make_camera(rng: np.random.Generator, front: bool) -> _Camera:
@@ -274,12 +281,14 @@ def _layout(ident: _Identity, cam: _Camera, rng: np.random.Generator,
   parts['wheels'] = (_ellipse(vv, uu, 0.88, 0.2, wheel_r * bw / bh, wheel_r) |
                      _ellipse(vv, uu, 0.88, 0.8, wheel_r * bw / bh, wheel_r))
   e_u0, e_u1, e_v0, e_v1 = vt.engine_box
+  du, dv = ident.engine_shift
+  e_u0, e_u1, e_v0, e_v1 = e_u0 + du, e_u1 + du, e_v0 + dv, e_v1 + dv
   if cam.front:
     parts['engine'] = lower & (uu >= e_u0) & (uu < e_u1) & (vv >= e_v0) & (vv < e_v1)
     parts['exhaust'] = np.zeros_like(win_in)
   else:
     parts['engine'] = np.zeros_like(win_in)
-    parts['exhaust'] = _ellipse(vv, uu, 0.84, vt.exhaust_u, 0.05 * bw / bh, 0.05)
+    parts['exhaust'] = _ellipse(vv, uu, 0.84, ident.exhaust_u, 0.05 * bw / bh, 0.05)
   return _Scene(parts, (x0, y0, bw, bh), centres,
                 (y0 + 0.5 * (pv0 + pv1) * bh, x0 + pu * bw))
 
