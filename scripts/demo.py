@@ -54,10 +54,13 @@ def main(argv):
   if _NUM_EPOCHS.value:
     config.train.num_epochs = _NUM_EPOCHS.value
   if not os.path.isdir(os.path.join(_DATA_DIR.value, 'train')):
-    console.say(f'Generating the synthetic flare dataset in {_DATA_DIR.value} ...')
+    console.say(f'Generating the synthetic glare dataset in {_DATA_DIR.value} ...')
     synthetic_data.generate_synthetic_dataset(
         _DATA_DIR.value, num_ids=_NUM_IDS.value, triplets_per_id=_TRIPLETS_PER_ID.value,
         image_size=tuple(config.data.image_size), seed=0)
+  else:
+    # A tree of an older generator version is refused with its path (it is another dataset).
+    synthetic_data.read_settings(_DATA_DIR.value)
   console.say(f'Training configs/synthetic.py in {_WORKDIR.value} ...')
   exp = experiment.build_experiment(config)
   train.train_and_evaluate(config, _WORKDIR.value, exp=exp)
@@ -79,4 +82,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.with_expected_errors(main), flags_parser=cli.parse_flags)
