@@ -23,6 +23,7 @@ import json
 import pathlib
 from typing import Any, Callable
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -50,9 +51,17 @@ def _manager(directory: pathlib.Path, max_to_keep: int,
       max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=False,
       cleanup_tmp_directories=not read_only, read_only=read_only)
   # Handlers are named up front so a fresh manager can read metadata before any save/restore.
-  return ocp.CheckpointManager(
-      directory.absolute(), options=options,
-      item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
+  # (A read-only manager logs a warning that it is read-only: asked for, so not shown.)
+  verbosity = logging.get_verbosity()
+  if read_only:
+    logging.set_verbosity(logging.ERROR)
+  try:
+    return ocp.CheckpointManager(
+        directory.absolute(), options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
