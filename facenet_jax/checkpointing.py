@@ -47,15 +47,15 @@ def _manager(directory: pathlib.Path, max_to_keep: int,
              read_only: bool = False) -> ocp.CheckpointManager:
   # A writer cleans up its own interrupted saves on start-up; a reader must never do that (it
   # would delete the half-written checkpoint of a trainer running in the same workdir).
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=False,
-      cleanup_tmp_directories=not read_only, read_only=read_only)
-  # Handlers are named up front so a fresh manager can read metadata before any save/restore.
-  # (A read-only manager logs a warning that it is read-only: asked for, so not shown.)
+  # A read-only manager logs warnings that it is read-only (asked for, so not shown).
   verbosity = logging.get_verbosity()
   if read_only:
     logging.set_verbosity(logging.ERROR)
   try:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=False,
+        cleanup_tmp_directories=not read_only, read_only=read_only)
+    # Handlers are named up front so a fresh manager can read metadata before any save/restore.
     return ocp.CheckpointManager(
         directory.absolute(), options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
