@@ -175,3 +175,26 @@ def test_an_empty_query_split_is_a_clear_error(tiny_synthetic_root, tmp_path):
   ev = evaluator.Evaluator(exp.model, exp.spec, exp.mesh, exp.config)
   with pytest.raises(ValueError, match='query split is empty'):
     ev.evaluate(None, [], exp.gallery)
+
+
+def test_a_run_killed_before_its_evaluation_evaluates_that_step_on_resume(tiny_synthetic_root,
+                                                                         tmp_path, monkeypatch):
+  """Killed after the last step's checkpoint but before its evaluation: the restart does it."""
+  config = tiny_config(tiny_synthetic_root, **SHORT_SGD_RUN)
+  config.train.max_steps = 2
+  work = tmp_path / 'run'
+
+  def killed(self):
+    raise KeyboardInterrupt('killed during the evaluation')
+
+  with monkeypatch.context() as patch:
+    patch.setattr(train._Trainer, 'evaluate', killed)  # pylint: disable=protected-access
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(config, str(work))
+  assert (work / 'checkpoints' / '2').is_dir()
+  assert not (work / 'best').exists() or not any((work / 'best').iterdir())
+  assert not any('test/mAP' in l for l in _metric_lines(work))
+  scalars = train.train_and_evaluate(config, str(work))
+  evaluated = [l for l in _metric_lines(work) if 'test/mAP' in l]
+  assert [l['step'] for l in evaluated] == [2] and 'test/mAP' in scalars
+  assert (work / 'best' / '2').is_dir()
