@@ -140,7 +140,10 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
     raise ImportError(
         f'Reading {path} needs PyTorch (pip install torch), which is optional. Without it, '
         'convert the file elsewhere to .safetensors or .npz (scripts/convert_weights.py).') from e
-  state = torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable(path, e) from None
   if isinstance(state, Mapping) and 'state_dict' in state:
     state = state['state_dict']
   if not isinstance(state, Mapping):
@@ -164,9 +167,9 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
   if suffix not in ('.pth', '.pt', '.safetensors', '.npz'):
     raise ValueError(f'{path}: unknown weights format {suffix!r}; expected .pth, .pt, '
                      '.safetensors or .npz')
+  if suffix in ('.pth', '.pt'):
+    return read_torch_checkpoint(path)
   try:
-    if suffix in ('.pth', '.pt'):
-      return read_torch_checkpoint(path)
     if suffix == '.safetensors':
       from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
       return dict(safetensors_numpy.load_file(path))
@@ -175,12 +178,17 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
   except ImportError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    # Readers fail on a wrong file with unrelated messages (a bare KeyError from torch's zip
-    # reader, numpy suggesting allow_pickle=True); say what the file is not instead.
-    raise PretrainedWeightsError(
-        f'{path} is not a readable {suffix} weights file (the reader raised '
-        f'{type(e).__name__}); check that it is the downloaded or converted weights, not a text '
-        'or HTML page or a partial download') from None
+    raise _unreadable(path, e) from None
+
+
+def _unreadable(path: str, error: Exception) -> PretrainedWeightsError:
+  # Readers fail on a wrong file with unrelated messages (a bare KeyError from torch's zip
+  # reader, numpy suggesting allow_pickle=True); say what the file is not instead.
+  suffix = os.path.splitext(path)[1].lower()
+  return PretrainedWeightsError(
+      f'{path} is not a readable {suffix} weights file (the reader raised '
+      f'{type(error).__name__}); check that it is the downloaded or converted weights, not a text '
+      'or HTML page or a partial download')
 
 
 def _is_flax_layout(arrays: Mapping[str, np.ndarray]) -> bool:

@@ -350,7 +350,7 @@ def test_converted_weights_reproduce_the_torch_feature_map(depth):
   np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize('suffix', ['.npz', '.safetensors'])
+@pytest.mark.parametrize('suffix', ['.npz', '.safetensors', '.pth'])
 def test_a_text_file_as_weights_is_named_not_unpickled(tmp_path, suffix):
   path = tmp_path / f'weights{suffix}'
   path.write_text('<html>404 Not Found</html>\n')
