@@ -70,9 +70,8 @@ def test_a_reader_never_cleans_up_or_creates_folders(tmp_path):
   assert step == 4 and (in_flight / 'partial').is_file()
   with pytest.raises(RuntimeError, match='read-only'):
     checkpointing.Checkpointer(tmp_path, keep=2, read_only=True).save(_state(9, 9.0), {})
-  # The failure this guards against: a writer opening the workdir removes the temporary folder.
-  checkpointing.Checkpointer(tmp_path, keep=2).close()
-  assert not in_flight.exists()
+  # What this guards against: a writer opening the workdir may remove the temporary folder (orbax
+  # cleans such folders up, sometimes in a background thread, so the writer side is not asserted).
   missing = tmp_path / 'not_a_run'
   with pytest.raises(checkpointing.CheckpointError, match='not_a_run: no checkpoints/'):
     checkpointing.Checkpointer(missing, keep=2, read_only=True)
