@@ -475,3 +475,136 @@ def test_plain_euclidean_sees_the_feature_scale_the_normalised_distances_do_not(
   for metric, nearest in (('euclidean', 1), ('euclidean_normalized', 0), ('cosine', 0)):
     dist = evaluation.compute_distance_matrix(q, g, metric)
     assert int(np.argmin(dist[0])) == nearest, metric
+
+
+# ------------------------------------------------------------------ cross-modality junk and CMC
+def reference_cross_modal(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, junk_pairs,
+                          same_camera, distinct_ids):
+  """The official `eval_sysu` / `eval_llcm` / `eval_regdb` loops in plain Python (pessimistic ties).
+
+  distinct_ids: after junk removal keep the first item of every gallery pid; the CMC then counts
+  distinct identities. AP and INP are taken on the junk-free list without deduplication.
+  """
+  cmc_sum = [0.0] * max_rank
+  aps, inps = [], []
+  for i in range(len(q_pids)):
+    items = []
+    for j in range(len(g_pids)):
+      if same_camera and g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i]:
+        continue
+      if (int(q_cams[i]), int(g_cams[j])) in junk_pairs:
+        continue
+      items.append((float(distmat[i][j]), bool(g_pids[j] == q_pids[i]), int(g_pids[j])))
+    items.sort(key=lambda t: (t[0], t[1]))
+    matches = [m for _, m, _ in items]
+    if not any(matches):
+      continue
+    found, precisions = 0, []
+    for rank, m in enumerate(matches, 1):
+      if m:
+        found += 1
+        precisions.append(found / rank)
+    aps.append(sum(precisions) / found)
+    inps.append(found / (max(k for k, m in enumerate(matches) if m) + 1))
+    ranked = matches
+    if distinct_ids:
+      seen, ranked = set(), []
+      for _, m, pid in items:
+        if pid not in seen:
+          seen.add(pid)
+          ranked.append(m)
+    first = ranked.index(True)
+    for k in range(max_rank):
+      cmc_sum[k] += 1.0 if k >= first else 0.0
+  n = len(aps)
+  return {'cmc': np.array([c / n for c in cmc_sum], np.float32), 'mAP': sum(aps) / n,
+          'mINP': sum(inps) / n, 'num_valid_queries': n,
+          'num_skipped_queries': len(q_pids) - n}
+
+
+# Query 0: pid 1 from camera 3 (SYSU IR); query 1: pid 2 from camera 6.
+SYSU_Q_PIDS, SYSU_Q_CAMS = np.array([1, 2]), np.array([3, 6])
+SYSU_G_PIDS = np.array([2, 2, 2, 3, 1, 1])
+SYSU_G_CAMS = np.array([2, 1, 4, 1, 1, 2])
+SYSU_DIST = np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.05],
+                      [0.1, 0.2, 0.3, 0.4, 0.5, 0.05]], np.float32)
+
+
+def test_sysu_camera_pair_junk_and_distinct_id_cmc_hand_case():
+  """Query 0 (cam 3) loses both camera-2 items, its best and its nearest match among them.
+
+  Left: pid 2, 2, 3, 1 -> first match at 4 (standard) but at 3 among distinct ids (2, 3, 1);
+  AP = INP = 1/4. Query 1 (cam 6) keeps all: pid 1, 2, 2, 2, 3, 1 -> matches at 2, 3, 4;
+  AP = (1/2 + 2/3 + 3/4) / 3, INP = 3/4; distinct ids (1, 2, 3): first match at 2.
+  """
+  args = (SYSU_DIST, SYSU_Q_PIDS, SYSU_G_PIDS, SYSU_Q_CAMS, SYSU_G_CAMS)
+  kwargs = dict(max_rank=5, same_key_junk=False, junk_camera_pairs=[(3, 2)])
+  standard = evaluation.rank_metrics(*args, **kwargs)
+  distinct = evaluation.rank_metrics(*args, cmc_mode='distinct_ids', **kwargs)
+  np.testing.assert_allclose(standard['cmc'], [0, 0.5, 0.5, 1, 1])
+  np.testing.assert_allclose(distinct['cmc'], [0, 0.5, 1, 1, 1])
+  ap = (0.25 + (1 / 2 + 2 / 3 + 3 / 4) / 3) / 2
+  for result in (standard, distinct):
+    assert result['mAP'] == pytest.approx(ap)
+    assert result['mINP'] == pytest.approx((0.25 + 0.75) / 2)
+  # Without the pair rule query 0's nearest item (pid 1, cam 2) is a match at rank 1.
+  plain = evaluation.rank_metrics(*args, max_rank=5, same_key_junk=False)
+  assert plain['cmc'][0] == 0.5
+
+
+def test_no_junk_keeps_same_camera_matches():
+  """RegDB / day-night: nothing is removed, so a same-camera match counts."""
+  dist = np.array([[0.1, 0.2, 0.3]], np.float32)
+  args = (dist, [1], [1, 2, 1], [0], [0, 0, 1])
+  assert evaluation.rank_metrics(*args, max_rank=2, same_key_junk=False)['cmc'][0] == 1
+  assert evaluation.rank_metrics(*args, max_rank=2)['cmc'][0] == 0  # Market rule: junk
+
+
+@pytest.mark.parametrize('seed', range(4))
+@pytest.mark.parametrize('rule', ['sysu', 'llcm', 'none'])
+def test_cross_modal_rules_match_the_reference(seed, rule):
+  dist, q_pids, g_pids, q_cams, g_cams, _, _ = random_problem(seed, ties=seed % 2 == 0,
+                                                              negatives=seed >= 2)
+  pairs = [(1, 2), (0, 0)] if rule == 'sysu' else []
+  same_camera = rule == 'llcm'
+  for cmc_mode in evaluation.CMC_MODES:
+    expected = reference_cross_modal(dist, q_pids, g_pids, q_cams, g_cams, 10, set(pairs),
+                                     same_camera, cmc_mode == 'distinct_ids')
+    kwargs = dict(max_rank=10, same_key_junk=same_camera, junk_camera_pairs=pairs,
+                  cmc_mode=cmc_mode)
+    for chunk_size in (1, 7, 1024):
+      result = evaluation.rank_metrics(dist, q_pids, g_pids, q_cams, g_cams,
+                                       chunk_size=chunk_size, **kwargs)
+      assert_metrics_equal(result, expected)
+    loop = evaluation.rank_metrics_loop_reference(dist, q_pids, g_pids, q_cams, g_cams, **kwargs)
+    assert_metrics_equal(loop, expected)
+    if cmc_mode == 'distinct_ids':  # rank-1 is the same in both modes, higher ranks never lower
+      standard = reference_cross_modal(dist, q_pids, g_pids, q_cams, g_cams, 10, set(pairs),
+                                       same_camera, False)
+      assert result['cmc'][0] == pytest.approx(standard['cmc'][0])
+      assert np.all(result['cmc'] >= standard['cmc'] - 1e-7)
+
+
+def test_features_path_applies_the_cross_modal_rules():
+  rng = np.random.default_rng(3)
+  q, g = rng.normal(size=(9, 4)), rng.normal(size=(14, 4))
+  q_pids, g_pids = rng.integers(0, 4, 9), rng.integers(0, 4, 14)
+  q_cams, g_cams = rng.integers(0, 3, 9), rng.integers(0, 3, 14)
+  kwargs = dict(max_rank=6, same_key_junk=False, junk_camera_pairs=[(1, 2)],
+                cmc_mode='distinct_ids')
+  dist = evaluation.compute_distance_matrix(q, g, 'euclidean')
+  expected = evaluation.rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, **kwargs)
+  result = evaluation.evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, metric='euclidean',
+                                        chunk_size=4, **kwargs)
+  assert_metrics_equal(result, expected)
+
+
+def test_bad_cross_modal_options_name_the_field():
+  args = (SYSU_DIST, SYSU_Q_PIDS, SYSU_G_PIDS, SYSU_Q_CAMS, SYSU_G_CAMS)
+  with pytest.raises(ValueError, match='cmc_mode'):
+    evaluation.rank_metrics(*args, cmc_mode='dedup')
+  with pytest.raises(ValueError, match='junk_camera_pairs'):
+    evaluation.rank_metrics(*args, junk_camera_pairs=[(3,)])
+  with pytest.raises(ValueError, match=r'query camera 3 vs gallery camera 1'):
+    evaluation.rank_metrics(SYSU_DIST[:1, 4:5], [1], [1], [3], [1], same_key_junk=False,
+                            junk_camera_pairs=[(3, 1)])

@@ -33,6 +33,15 @@ the features and the same-pid pairs of the block, never the full Q x G matrix (m
 peak RSS for 100k x 100k, dim 256, chunk_size 1024, in 400 s on 2 busy CPU cores, mostly the
 matmul; `python -m benchmarks.benchmark eval`).
 
+Cross-modality protocols (AGW family, `protocols`) change two things, both options of every
+function here: `same_key_junk=False` turns the same-pid-same-camera rule off (RegDB and the
+day/night sets remove nothing), `junk_camera_pairs` removes every gallery item of camera b from
+the ranking of a query of camera a, whatever the identities (SYSU-MM01: (3, 2)); and
+`cmc_mode='distinct_ids'` is the official `eval_sysu`/`eval_llcm` CMC: after junk removal only the
+first gallery item of each identity is kept, so rank-k counts distinct identities. Rank-1 is the
+same in both modes; mAP and mINP never deduplicate. The distinct-id rank of a query is the number
+of distinct pids ranked before its first match, found from the unsorted keys of its block.
+
 `rank_metrics_loop_reference` is the plain per-query loop (the official `eval_func` semantics with
 the tie rule above); it exists for the benchmark and as a readable definition.
 """
@@ -52,6 +61,7 @@ from facenet_jax.eval.rerank import rerank_distances
 from facenet_jax.linalg import l2_normalize
 
 METRICS = ('euclidean_normalized', 'euclidean', 'cosine')
+CMC_MODES = ('standard', 'distinct_ids')
 
 _SIGN_BIT = np.uint32(0x80000000)
 _LITTLE_ENDIAN = sys.byteorder == 'little'   # where the flag byte of a sort key sits
@@ -104,11 +114,32 @@ def _encode_pair(q: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return inverse[:q.shape[0]], inverse[q.shape[0]:]
 
 
+def _check_cmc_mode(cmc_mode: str) -> None:
+  if cmc_mode not in CMC_MODES:
+    raise ValueError(f'cmc_mode must be one of {CMC_MODES}, got {cmc_mode!r}.')
+
+
+def _pair_junk(q_camids: np.ndarray, g_camids: np.ndarray,
+               junk_camera_pairs) -> tuple[np.ndarray, np.ndarray] | None:
+  """(query camera is a [Q, n], gallery camera is b [n, G]) for each junk pair (a, b), or None."""
+  pairs = [tuple(p) for p in (junk_camera_pairs or ())]
+  if any(len(p) != 2 for p in pairs):
+    raise ValueError(f'junk_camera_pairs must hold (query camera, gallery camera) pairs, got '
+                     f'{junk_camera_pairs!r}.')
+  if not pairs:
+    return None
+  q_is = np.stack([q_camids == a for a, _ in pairs], axis=1)
+  g_is = np.stack([g_camids == b for _, b in pairs], axis=0)
+  return q_is, g_is
+
+
 def _protocol_labels(num_query: int, num_gallery: int, q_pids, g_pids, q_camids, g_camids,
-                     q_sceneids, g_sceneids) -> tuple[np.ndarray, ...]:
+                     q_sceneids, g_sceneids, same_key_junk: bool = True
+                     ) -> tuple[np.ndarray, ...]:
   """Checked labels -> (q_pid, g_pid, q_junk_key, g_junk_key) int32 codes.
 
   The junk key is the camera (Market-1501) or, when scene ids are given, the scene (MSVR310).
+  Without `same_key_junk` query and gallery keys never agree, so nothing is junk by identity.
   """
   q_pids = _labels(q_pids, 'q_pids', num_query, 'query')
   g_pids = _labels(g_pids, 'g_pids', num_gallery, 'gallery')
@@ -123,6 +154,8 @@ def _protocol_labels(num_query: int, num_gallery: int, q_pids, g_pids, q_camids,
   else:
     q_key, g_key = q_camids, g_camids
   q_pid, g_pid = _encode_pair(q_pids, g_pids)
+  if not same_key_junk:
+    return q_pid, g_pid, np.zeros(num_query, np.int32), np.ones(num_gallery, np.int32)
   q_junk, g_junk = _encode_pair(q_key, g_key)
   return q_pid, g_pid, q_junk, g_junk
 
@@ -212,8 +245,14 @@ def _same_pid_pairs(q_pid: np.ndarray, groups: tuple[np.ndarray, np.ndarray]
 
 
 def _sorted_keys(dist: np.ndarray, q_pid: np.ndarray, q_junk: np.ndarray, g_junk: np.ndarray,
-                 groups: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-  """Distances [c, G] float32 -> row-sorted integer keys [c, G] whose lowest bit is is_match.
+                 groups: tuple[np.ndarray, np.ndarray],
+                 pair_junk: tuple[np.ndarray, np.ndarray] | None = None,
+                 distinct_ids: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+  """Distances [c, G] float32 -> (row-sorted integer keys [c, G] whose lowest bit is is_match,
+  the distinct-id rank [c] of each row's first match when `distinct_ids`, else None).
+
+  `pair_junk` is this block's slice of `_pair_junk` ([c, n] and [n, G]): those items are junk
+  too, whatever their pid.
 
   Key = (distance bits as an order-preserving unsigned integer << 1) | is_match. Sorting the keys
   sorts by distance and, at exactly equal distances, puts non-matches before matches: the
@@ -240,9 +279,29 @@ def _sorted_keys(dist: np.ndarray, q_pid: np.ndarray, q_junk: np.ndarray, g_junk
   junk = q_junk[rows] == g_junk[cols]
   good_rows, good_cols = rows[~junk], cols[~junk]
   keys[good_rows, good_cols] |= 1
-  keys[rows[junk], cols[junk]] = np.iinfo(keys.dtype).max - 1
+  junk_key = np.iinfo(keys.dtype).max - 1
+  keys[rows[junk], cols[junk]] = junk_key
+  if pair_junk is not None:
+    q_is, g_is = pair_junk
+    for i in range(q_is.shape[1]):
+      keys[np.outer(q_is[:, i], g_is[i])] = junk_key
+  first_ranks = _distinct_id_ranks(keys, groups) if distinct_ids else None
   keys.sort(axis=1)
-  return keys
+  return keys, first_ranks
+
+
+def _distinct_id_ranks(keys: np.ndarray, groups: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+  """Unsorted keys [c, G] -> [c] number of distinct gallery pids ranked before the first match.
+
+  Junk keys are larger than every match key, so they never count; a row without a match gets a
+  meaningless value (it is skipped as a query).
+  """
+  flagged = (keys & 1).astype(bool)
+  first_key = np.where(flagged, keys, np.iinfo(keys.dtype).max).min(axis=1)
+  before = keys < first_key[:, None]
+  order, sorted_pid = groups
+  starts = np.flatnonzero(np.r_[True, sorted_pid[1:] != sorted_pid[:-1]])
+  return np.logical_or.reduceat(before[:, order], starts, axis=1).sum(axis=1)
 
 
 # ---------------------------------------------------------------------------------- ranking
@@ -251,8 +310,12 @@ def _empty_stats(max_rank: int) -> dict[str, Any]:
           'num_valid': 0, 'num_skipped': 0}
 
 
-def _accumulate(stats: dict[str, Any], keys: np.ndarray, max_rank: int) -> None:
-  """Adds the metrics of one block of queries, given their row-sorted keys [c, G]."""
+def _accumulate(stats: dict[str, Any], keys: np.ndarray, max_rank: int,
+                first_ranks: np.ndarray | None = None) -> None:
+  """Adds the metrics of one block of queries, given their row-sorted keys [c, G].
+
+  `first_ranks` [c] replaces the first match's position for the CMC (distinct-id mode).
+  """
   num_rows, num_gallery = keys.shape
   size = keys.dtype.itemsize
   flag_byte = 0 if _LITTLE_ENDIAN else size - 1
@@ -265,7 +328,7 @@ def _accumulate(stats: dict[str, Any], keys: np.ndarray, max_rank: int) -> None:
   nth = np.arange(rows.size) - starts[rows] + 1
   ap = np.bincount(rows, weights=nth / (pos + 1.0), minlength=num_rows)
   valid = num_matches > 0
-  first = pos[starts[valid]]
+  first = pos[starts[valid]] if first_ranks is None else first_ranks[valid]
   hardest = pos[starts[valid] + num_matches[valid] - 1]
   hits = np.bincount(np.minimum(first, max_rank), minlength=max_rank + 1)[:max_rank]
   stats['cmc_hits'] += np.cumsum(hits)
@@ -278,16 +341,25 @@ def _accumulate(stats: dict[str, Any], keys: np.ndarray, max_rank: int) -> None:
 def _finalize(stats: dict[str, Any], num_query: int, junk_rule: str) -> dict[str, Any]:
   if stats['num_valid'] == 0:
     raise ValueError(f'No valid query: none of the {num_query} queries has a gallery item of its '
-                     f'pid left after removing junk (same pid and same {junk_rule}).')
+                     f'pid left after removing junk ({junk_rule}).')
   n = stats['num_valid']
   return {'cmc': (stats['cmc_hits'] / n).astype(np.float32), 'mAP': stats['ap_sum'] / n,
           'mINP': stats['inp_sum'] / n, 'num_valid_queries': n,
           'num_skipped_queries': stats['num_skipped']}
 
 
+def _junk_rule_name(q_sceneids, same_key_junk: bool, junk_camera_pairs) -> str:
+  parts = []
+  if same_key_junk:
+    parts.append('same pid and same ' + ('scene' if q_sceneids is not None else 'camera'))
+  parts += [f'query camera {a} vs gallery camera {b}' for a, b in (junk_camera_pairs or ())]
+  return '; '.join(parts) or 'nothing'
+
+
 def rank_metrics(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
                  max_rank: int = 50, q_sceneids: Any = None, g_sceneids: Any = None,
-                 chunk_size: int = 1024) -> dict[str, Any]:
+                 chunk_size: int = 1024, same_key_junk: bool = True,
+                 junk_camera_pairs: Any = (), cmc_mode: str = 'standard') -> dict[str, Any]:
   """CMC, mAP and mINP of a query-gallery distance matrix (module docstring: protocol, ties).
 
   Args:
@@ -298,6 +370,9 @@ def rank_metrics(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids
     q_sceneids, g_sceneids: [Q], [G] scene labels; when given, junk = same pid AND same scene
       (MSVR310 protocol) and the cameras are not used.
     chunk_size: queries ranked per block (memory ~ chunk_size x G x 24 bytes).
+    same_key_junk: remove same-pid items of the query's camera (scene); False removes none.
+    junk_camera_pairs: (a, b) pairs: gallery camera b is junk for queries of camera a.
+    cmc_mode: 'standard' or 'distinct_ids' (official SYSU-MM01 / LLCM CMC; module docstring).
 
   Returns:
     {'cmc': [max_rank] float32, 'mAP': float, 'mINP': float, 'num_valid_queries': int,
@@ -315,23 +390,30 @@ def rank_metrics(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids
     raise ValueError(f'distmat has {num_gallery} gallery columns; at most 2**31 - 1 supported.')
   max_rank = _check_positive(max_rank, 'max_rank')
   chunk_size = _check_positive(chunk_size, 'chunk_size')
+  _check_cmc_mode(cmc_mode)
   distmat = distmat.astype(np.float32, copy=False)
   q_pid, g_pid, q_junk, g_junk = _protocol_labels(num_query, num_gallery, q_pids, g_pids,
-                                                  q_camids, g_camids, q_sceneids, g_sceneids)
+                                                  q_camids, g_camids, q_sceneids, g_sceneids,
+                                                  same_key_junk)
+  pair_junk = _pair_junk(np.asarray(q_camids), np.asarray(g_camids), junk_camera_pairs)
   groups = _gallery_groups(g_pid)
   stats = _empty_stats(max_rank)
   for start in range(0, num_query, chunk_size):
     block = slice(start, start + chunk_size)
-    keys = _sorted_keys(distmat[block], q_pid[block], q_junk[block], g_junk, groups)
-    _accumulate(stats, keys, max_rank)
-  return _finalize(stats, num_query, 'scene' if q_sceneids is not None else 'camera')
+    block_pairs = None if pair_junk is None else (pair_junk[0][block], pair_junk[1])
+    keys, first_ranks = _sorted_keys(distmat[block], q_pid[block], q_junk[block], g_junk, groups,
+                                     block_pairs, cmc_mode == 'distinct_ids')
+    _accumulate(stats, keys, max_rank, first_ranks)
+  return _finalize(stats, num_query,
+                   _junk_rule_name(q_sceneids, same_key_junk, junk_camera_pairs))
 
 
 def evaluate_features(query_feats: Any, gallery_feats: Any, q_pids: Any, g_pids: Any,
                       q_camids: Any, g_camids: Any, metric: str = 'euclidean_normalized',
                       max_rank: int = 50, chunk_size: int = 1024, q_sceneids: Any = None,
                       g_sceneids: Any = None,
-                      rerank: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      rerank: Mapping[str, Any] | None = None, same_key_junk: bool = True,
+                      junk_camera_pairs: Any = (), cmc_mode: str = 'standard') -> dict[str, Any]:
   """Distances and rank metrics from features, `chunk_size` queries at a time.
 
   Without re-ranking the Q x G matrix is never materialised: the distances of each block of
@@ -346,6 +428,7 @@ def evaluate_features(query_feats: Any, gallery_feats: Any, q_pids: Any, g_pids:
     chunk_size: queries per block.
     rerank: None, or {'k1', 'k2', 'lambda_value'} for k-reciprocal re-ranking
       (`rerank_distances`; it needs the full (Q+G) x (Q+G) matrix in memory).
+    same_key_junk, junk_camera_pairs, cmc_mode: as in `rank_metrics`.
 
   Returns:
     The dict of `rank_metrics`.
@@ -357,15 +440,19 @@ def evaluate_features(query_feats: Any, gallery_feats: Any, q_pids: Any, g_pids:
   num_query, num_gallery = q.shape[0], g.shape[0]
   if num_gallery >= 2**31:
     raise ValueError(f'gallery_feats has {num_gallery} rows; at most 2**31 - 1 supported.')
+  _check_cmc_mode(cmc_mode)
   q_pid, g_pid, q_junk, g_junk = _protocol_labels(num_query, num_gallery, q_pids, g_pids,
-                                                  q_camids, g_camids, q_sceneids, g_sceneids)
+                                                  q_camids, g_camids, q_sceneids, g_sceneids,
+                                                  same_key_junk)
+  pair_junk = _pair_junk(np.asarray(q_camids), np.asarray(g_camids), junk_camera_pairs)
   if rerank is not None:
     q_g = compute_distance_matrix(q, g, metric, chunk_size)
     q_q = compute_distance_matrix(q, q, metric, chunk_size)
     g_g = compute_distance_matrix(g, g, metric, chunk_size)
     distmat = rerank_distances(q_g, q_q, g_g, **dict(rerank))
     return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank,
-                        q_sceneids, g_sceneids, chunk_size)
+                        q_sceneids, g_sceneids, chunk_size, same_key_junk, junk_camera_pairs,
+                        cmc_mode)
 
   g_dev, g_sq = _prepare_jit(jnp.asarray(g), metric)
   groups = _gallery_groups(g_pid)
@@ -384,28 +471,37 @@ def evaluate_features(query_feats: Any, gallery_feats: Any, q_pids: Any, g_pids:
       pending = dispatch(starts[i + 1])  # asynchronous: runs while NumPy sorts `current`
     stop = min(start + rows, num_query)
     dist = np.asarray(current)[:stop - start]
-    keys = _sorted_keys(dist, q_pid[start:stop], q_junk[start:stop], g_junk, groups)
+    block_pairs = None if pair_junk is None else (pair_junk[0][start:stop], pair_junk[1])
+    keys, first_ranks = _sorted_keys(dist, q_pid[start:stop], q_junk[start:stop], g_junk, groups,
+                                     block_pairs, cmc_mode == 'distinct_ids')
     del current, dist
-    _accumulate(stats, keys, max_rank)
-  return _finalize(stats, num_query, 'scene' if q_sceneids is not None else 'camera')
+    _accumulate(stats, keys, max_rank, first_ranks)
+  return _finalize(stats, num_query,
+                   _junk_rule_name(q_sceneids, same_key_junk, junk_camera_pairs))
 
 
 def rank_metrics_loop_reference(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any,
                                 g_camids: Any, max_rank: int = 50, q_sceneids: Any = None,
-                                g_sceneids: Any = None) -> dict[str, Any]:
-  """`rank_metrics` as a plain loop over queries (official `eval_func`, pessimistic ties, padding).
+                                g_sceneids: Any = None, same_key_junk: bool = True,
+                                junk_camera_pairs: Any = (),
+                                cmc_mode: str = 'standard') -> dict[str, Any]:
+  """`rank_metrics` as a plain loop over queries (official `eval_func`, `eval_sysu`, `eval_llcm`
+  and `eval_regdb` by the options; pessimistic ties, padding).
 
-  Slow on purpose: it is the readable definition the benchmark measures the fast path against.
+  Slow on purpose: it is the readable definition the fast path is tested and measured against.
   """
   distmat = np.asarray(distmat, np.float32)
   q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+  q_cams, g_cams = np.asarray(q_camids), np.asarray(g_camids)
   scene = q_sceneids is not None
   q_keys = np.asarray(q_sceneids if scene else q_camids)
   g_keys = np.asarray(g_sceneids if scene else g_camids)
   cmcs, aps, inps = [], [], []
   for i in range(distmat.shape[0]):
     same_pid = g_pids == q_pids[i]
-    junk = same_pid & (g_keys == q_keys[i])
+    junk = same_pid & (g_keys == q_keys[i]) if same_key_junk else np.zeros_like(same_pid)
+    for a, b in junk_camera_pairs:
+      junk = junk | ((q_cams[i] == a) & (g_cams == b))
     order = np.argsort(distmat[i], kind='stable')
     if np.any(np.diff(distmat[i][order]) == 0):  # exact ties: non-matches first (pessimistic)
       order = np.lexsort((same_pid & ~junk, distmat[i]))
@@ -417,6 +513,11 @@ def rank_metrics_loop_reference(distmat: Any, q_pids: Any, g_pids: Any, q_camids
     hardest = np.flatnonzero(matches)[-1]
     inps.append(cumulative[hardest] / (hardest + 1.0))
     cmc = np.minimum(cumulative, 1.0)[:max_rank]
+    if cmc_mode == 'distinct_ids':  # first occurrence of each gallery pid, in ranked order
+      ranked_pids = g_pids[order][keep]
+      _, first_index = np.unique(ranked_pids, return_index=True)
+      distinct = ranked_pids[np.sort(first_index)]
+      cmc = np.cumsum(distinct == q_pids[i]).astype(np.float64)[:max_rank]
     cmcs.append(np.pad(cmc, (0, max_rank - cmc.size), mode='edge'))
     precision = cumulative / np.arange(1.0, matches.size + 1.0)
     aps.append(float(np.sum(precision * matches) / matches.sum()))
