@@ -100,3 +100,82 @@ def numpy_variables(shapes, seed: int = 0, kernel_gain: float = 2.0):
     return (rng.normal(size=s.shape) * np.sqrt(kernel_gain / fan_in)).astype(np.float32)
 
   return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))
+
+
+# ------------------------------------------------------------------ cross-modality layouts
+def make_sysu(root: str, images: dict[tuple[int, int], int], train_ids, val_ids, test_ids,
+              shape=(12, 6, 3)) -> str:
+  """images: {(camera, pid): number of images}; writes cam{c}/{pid:04d}/{n:04d}.jpg and exp/."""
+  seed = 200
+  for (cam, pid), count in sorted(images.items()):
+    for n in range(count):
+      seed += 1
+      write_image(os.path.join(root, f'cam{cam}', f'{pid:04d}', f'{n + 1:04d}.png'), shape,
+                  seed=seed)
+  os.makedirs(os.path.join(root, 'exp'), exist_ok=True)
+  for name, ids in (('train', train_ids), ('val', val_ids), ('test', test_ids)):
+    with open(os.path.join(root, 'exp', f'{name}_id.txt'), 'w') as f:
+      f.write(','.join(str(i) for i in ids) + '\n')
+  return root
+
+
+def make_regdb(root: str, trial: int, train_ids, test_ids, per_id: int = 2,
+               shape=(12, 6, 3)) -> str:
+  """idx/{train,test}_{visible,thermal}_{trial}.txt with `per_id` images of each id per modality."""
+  seed = 300
+  os.makedirs(os.path.join(root, 'idx'), exist_ok=True)
+  for split, ids in (('train', train_ids), ('test', test_ids)):
+    for name, folder in (('visible', 'Visible'), ('thermal', 'Thermal')):
+      lines = []
+      for label, pid in enumerate(ids):
+        for n in range(per_id):
+          seed += 1
+          rel = f'{folder}/{pid}/{folder[0]}_{pid}_{n}.png'
+          write_image(os.path.join(root, rel), shape, seed=seed)
+          lines.append(f'{rel} {label if split == "train" else pid}')
+      with open(os.path.join(root, 'idx', f'{split}_{name}_{trial}.txt'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+  return root
+
+
+def make_llcm(root: str, train: dict[int, int], test: dict[tuple[str, int, int], int],
+              shape=(12, 6, 3)) -> str:
+  """train: {label: images per modality}; test: {('vis'|'nir', camera, pid): images}."""
+  seed = 400
+  os.makedirs(os.path.join(root, 'idx'), exist_ok=True)
+  for mod in ('vis', 'nir'):
+    lines = []
+    for label, count in sorted(train.items()):
+      for n in range(count):
+        seed += 1
+        rel = f'{mod}/cam{n % 2 + 1}/{label:04d}/{n:03d}.png'
+        write_image(os.path.join(root, rel), shape, seed=seed)
+        lines.append(f'{rel} {label}')
+    with open(os.path.join(root, 'idx', f'train_{mod}.txt'), 'w') as f:
+      f.write('\n'.join(lines) + '\n')
+  for (mod, cam, pid), count in sorted(test.items()):
+    for n in range(count):
+      seed += 1
+      write_image(os.path.join(root, f'test_{mod}', f'cam{cam}', f'{pid:04d}', f'{n:03d}.png'),
+                  shape, seed=seed)
+  with open(os.path.join(root, 'idx', 'test_id.txt'), 'w') as f:
+    f.write(','.join(str(p) for p in sorted({p for _, _, p in test})) + '\n')
+  return root
+
+
+def make_dn(root: str, lists: dict[str, dict[int, int]], shape=(12, 6, 3)) -> str:
+  """lists: {list file name: {pid: images}}; images in day/ or night/ by the name's ending."""
+  seed = 500
+  os.makedirs(os.path.join(root, 'train_test_split'), exist_ok=True)
+  for name, ids in lists.items():
+    folder = 'day' if 'day' in name else 'night'
+    lines = []
+    for pid, count in sorted(ids.items()):
+      for n in range(count):
+        seed += 1
+        rel = f'{pid:05d}/{name[:-4]}_{n:03d}.png'
+        write_image(os.path.join(root, folder, rel), shape, seed=seed)
+        lines.append(rel)
+    with open(os.path.join(root, 'train_test_split', name), 'w') as f:
+      f.write('\n'.join(lines) + '\n')
+  return root
