@@ -129,3 +129,74 @@ class IdentitySampler:
     """int64 [P * K] record indices of global step `step` (rows grouped by id, K per id)."""
     epoch, offset = divmod(int(step), self.steps_per_epoch)
     return self.epoch_batches(epoch)[offset]
+
+
+class CrossModalSampler:
+  """P ids x K images per modality from two unpaired pools, a pure function of (seed, step).
+
+  The cross-modality identity sampler of the AGW family (`IdentitySampler` of the official AGW,
+  DEEN, DNDM and FSC-Net code): every batch draws P distinct identities, then for each of them K
+  images from the modality-0 pool and K from the modality-1 pool, in the same id order, so the two
+  halves of a batch have element-wise equal labels (CPM, HC and the aligned losses rely on it).
+  With `replacement` (AGW default) the K images are drawn with replacement; without it (TSME) they
+  are distinct where the id has K images, else all of them topped up with replacement.
+  An epoch is floor(N / (P K)) + 1 steps with N the larger pool, as the official loader runs.
+
+  Where we differ, and why: the official draws from NumPy's global RNG, so a resumed run sees a
+  different stream; here batch s comes from a generator seeded by (seed, s), so a resumed run
+  continues the same stream. Only ids with images in both pools are drawn (the official code
+  would fail on an id missing from one pool); `one_pool_ids` lists any left out.
+
+  Args:
+    pids0, pids1: [N0], [N1] training labels of the two pools.
+    num_ids_per_batch: P; num_instances: K (per modality).
+    seed: sampler seed (data.seed).
+    replacement: draw the K images of an id with replacement.
+  """
+
+  def __init__(self, pids0: Sequence[int], pids1: Sequence[int], num_ids_per_batch: int,
+               num_instances: int, seed: int, replacement: bool = True):
+    if num_ids_per_batch <= 0 or num_instances <= 0:
+      raise ValueError(f'data.num_ids_per_batch ({num_ids_per_batch}) and data.num_instances '
+                       f'({num_instances}) must be positive')
+    pools = []
+    for pids in (pids0, pids1):
+      groups: dict[int, list[int]] = collections.defaultdict(list)
+      for i, p in enumerate(pids):
+        groups[int(p)].append(i)
+      pools.append(groups)
+    self.ids = sorted(set(pools[0]) & set(pools[1]))
+    self.one_pool_ids = sorted(set(pools[0]) ^ set(pools[1]))
+    if len(self.ids) < num_ids_per_batch:
+      raise ValueError(f'data.num_ids_per_batch: {num_ids_per_batch} ids per batch but only '
+                       f'{len(self.ids)} identities have images in both modalities')
+    self._members = [[np.asarray(pool[p], np.int64) for p in self.ids] for pool in pools]
+    self.num_ids_per_batch, self.num_instances = num_ids_per_batch, num_instances
+    self.seed, self.replacement = seed, replacement
+    self.steps_per_epoch = max(len(pids0), len(pids1)) // (num_ids_per_batch * num_instances) + 1
+
+  @property
+  def batch_size(self) -> int:
+    """Images per modality in a batch (P * K); a step sees twice as many."""
+    return self.num_ids_per_batch * self.num_instances
+
+  def _draw(self, rng: np.random.Generator, members: np.ndarray) -> np.ndarray:
+    k = self.num_instances
+    if self.replacement:
+      return rng.choice(members, k, replace=True)
+    if len(members) >= k:
+      return rng.choice(members, k, replace=False)
+    return rng.permutation(np.concatenate([members, rng.choice(members, k - len(members))]))
+
+  def batch_indices_for_step(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pool-0 indices [P * K], pool-1 indices [P * K]) of global step `step`, id-major, aligned."""
+    rng = np.random.default_rng([self.seed, int(step), 0xC405])
+    chosen = rng.choice(len(self.ids), self.num_ids_per_batch, replace=False)
+    halves = [np.concatenate([self._draw(rng, members[i]) for i in chosen])
+              for members in self._members]
+    return halves[0], halves[1]
+
+  def batch_ids_for_step(self, step: int) -> np.ndarray:
+    """[P] training labels of the ids of step `step`, in batch order."""
+    rng = np.random.default_rng([self.seed, int(step), 0xC405])
+    return np.asarray(self.ids)[rng.choice(len(self.ids), self.num_ids_per_batch, replace=False)]

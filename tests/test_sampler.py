@@ -109,3 +109,52 @@ def test_too_few_ids_names_field():
     sampler_lib.IdentitySampler([0, 0, 1, 1], 3, 2, seed=0)
   with pytest.raises(ValueError, match='data.num_instances'):
     sampler_lib.compute_steps_per_epoch([3, 3], 2, 0)
+
+
+# ------------------------------------------------------------------ cross-modality sampler
+def _cross_modal_pools():
+  rng = np.random.default_rng(5)
+  pids0 = rng.permutation(np.repeat(np.arange(6), [5, 3, 1, 4, 6, 2]))   # unequal pools
+  pids1 = rng.permutation(np.repeat(np.arange(7), [2, 4, 3, 1, 2, 5, 3]))  # id 6: one pool only
+  return pids0, pids1
+
+
+@pytest.mark.parametrize('replacement', [True, False])
+def test_cross_modal_batches_are_aligned_id_major(replacement):
+  pids0, pids1 = _cross_modal_pools()
+  sampler = sampler_lib.CrossModalSampler(pids0, pids1, 3, 4, seed=1, replacement=replacement)
+  assert sampler.ids == [0, 1, 2, 3, 4, 5] and sampler.one_pool_ids == [6]
+  assert sampler.steps_per_epoch == max(len(pids0), len(pids1)) // 12 + 1
+  for step in range(20):
+    idx0, idx1 = sampler.batch_indices_for_step(step)
+    labels0, labels1 = pids0[idx0], pids1[idx1]
+    np.testing.assert_array_equal(labels0, labels1)          # label1 == label2 element-wise
+    blocks = labels0.reshape(3, 4)
+    assert (blocks == blocks[:, :1]).all()                    # K consecutive rows per id
+    assert len(set(blocks[:, 0])) == 3                        # P distinct ids
+    np.testing.assert_array_equal(blocks[:, 0], sampler.batch_ids_for_step(step))
+    if not replacement:  # distinct images wherever the id has K of them
+      for idx, pids in ((idx0, pids0), (idx1, pids1)):
+        for block in idx.reshape(3, 4):
+          available = np.sum(pids == pids[block[0]])
+          assert len(set(block)) == min(4, available)
+
+
+def test_cross_modal_sampler_is_a_pure_function_of_seed_and_step():
+  pids0, pids1 = _cross_modal_pools()
+  a = sampler_lib.CrossModalSampler(pids0, pids1, 2, 3, seed=7)
+  b = sampler_lib.CrossModalSampler(pids0, pids1, 2, 3, seed=7)
+  for step in (0, 5, 1000, 5):   # any order: resume at any step gives the same batch
+    for x, y in zip(a.batch_indices_for_step(step), b.batch_indices_for_step(step)):
+      np.testing.assert_array_equal(x, y)
+  other = sampler_lib.CrossModalSampler(pids0, pids1, 2, 3, seed=8)
+  assert any(not np.array_equal(a.batch_indices_for_step(s)[0], other.batch_indices_for_step(s)[0])
+             for s in range(5))
+  # Over many steps every shared id is drawn, and ids are drawn about equally often.
+  counts = np.bincount(np.concatenate([a.batch_ids_for_step(s) for s in range(600)]), minlength=6)
+  assert counts.min() > 0.8 * counts.mean()
+
+
+def test_cross_modal_sampler_rejects_too_few_shared_ids():
+  with pytest.raises(ValueError, match=r'data.num_ids_per_batch: 3 ids per batch but only 2'):
+    sampler_lib.CrossModalSampler([0, 1, 2], [0, 1, 1], 3, 2, seed=0)
