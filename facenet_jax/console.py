@@ -63,13 +63,25 @@ def format_metric_table(rows: Mapping[str, Mapping[str, Any]], title: str) -> st
   """
   from facenet_jax.eval import protocols  # pylint: disable=g-import-not-at-top
   header = f'{"":<8}{"mAP":>8}{"mINP":>8}{"R-1":>8}{"R-5":>8}{"R-10":>8}  queries (skipped)'
-  lines = [title, header]
+  lines = [title + _cmc_note(rows.values()), header]
   for name, metrics in rows.items():
     summary = protocols.rank_summary(metrics)
     values = ''.join(f'{100.0 * summary[k]:>8.2f}' for k in ('mAP', 'mINP', 'R1', 'R5', 'R10'))
     lines.append(f'{name:<8}{values}  {metrics["num_valid_queries"]} '
                  f'({metrics["num_skipped_queries"]})')
   return '\n'.join(lines)
+
+
+def _cmc_note(rows) -> str:
+  """'  [CMC: standard]', '  [CMC: distinct ids, mean of 10 gallery trials]', or ''."""
+  modes = {m.get('cmc_mode') for m in rows} - {None}
+  trials = {m.get('num_trials', 1) for m in rows}
+  if not modes:
+    return ''
+  note = 'CMC: ' + ', '.join(sorted(mode.replace('_', ' ') for mode in modes))
+  if max(trials) > 1:
+    note += f', mean of {max(trials)} gallery trials'
+  return f'  [{note}]'
 
 
 def format_startup(exp, state_step: int, num_params: int, workdir: str) -> str:

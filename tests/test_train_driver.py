@@ -148,7 +148,7 @@ def test_checkpoints_evaluate_from_disk_with_report_pictures_and_features(runs, 
   assert features.shape[0] == len(pipeline.load_splits_for_config(config.data).query)
   assert np.all(np.isfinite(features)) and np.all(np.linalg.norm(features, axis=1) > 0)
   table = console.format_metric_table({'test': metrics}, 'tiny').splitlines()
-  assert table[0] == 'tiny' and table[1].split()[:5] == ['mAP', 'mINP', 'R-1', 'R-5', 'R-10']
+  assert table[0] == 'tiny  [CMC: standard]' and table[1].split()[:5] == ['mAP', 'mINP', 'R-1', 'R-5', 'R-10']
   assert table[2].split()[:3] == ['test', f'{100 * metrics["mAP"]:.2f}',
                                   f'{100 * metrics["mINP"]:.2f}']
   best = report.evaluate_checkpoint(config, str(root / 'killed'), best=True,
