@@ -3,6 +3,13 @@ r"""Validate a dataset tree: print counts per split and every problem found.
     python scripts/check_dataset.py --dataset wmveid863 --root /data/WMVeID863 \
         [--skip_images] [--prepare_tfds --tfds_data_dir /data/tfds]
     python scripts/check_dataset.py --dataset synthetic --root data/synthetic --realism
+    python scripts/check_dataset.py --dataset sysu_mm01 --root /data/SYSU-MM01 [--search_mode indoor]
+    python scripts/check_dataset.py --dataset regdb --root /data/RegDB --trial 3
+    python scripts/check_dataset.py --dataset dnwild --root /data/DN --direction night_to_day
+
+Cross-modality sets (`input_pipeline.cross_modal`: sysu_mm01, regdb, llcm, dn348, dnwild): images,
+ids and cameras per split and modality, training ids seen in one modality only, and the problems
+of the reader and the pre-scan (undecodable images, query ids without gallery candidates).
 
 Counts: identities, triplets, cameras and scenes per split, the flare pseudo-label rate under both
 rules (decodes every image; --skip_images only reads the tree), training ids with a single
@@ -27,10 +34,19 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from input_pipeline import cross_modal
 from input_pipeline import flare_label
 from input_pipeline import records
 
-_DATASET = flags.DEFINE_enum('dataset', 'wmveid863', list(records.DATASETS), 'Dataset layout.')
+_DATASET = flags.DEFINE_enum('dataset', 'wmveid863',
+                             list(records.DATASETS) + list(cross_modal.CROSS_MODAL_DATASETS),
+                             'Dataset layout.')
+_DIRECTION = flags.DEFINE_string('direction', None, 'Cross-modality sets: query -> gallery '
+                                 'direction (default: the dataset\'s first, see cross_modal).')
+_SEARCH_MODE = flags.DEFINE_enum('search_mode', 'all', ['all', 'indoor'], 'SYSU-MM01 gallery cameras.')
+_TRIAL = flags.DEFINE_integer('trial', 1, 'RegDB split 1..10.')
+_USE_NPY_CACHE = flags.DEFINE_bool('use_npy_cache', False, 'SYSU-MM01: training images from the '
+                                   'official .npy cache.')
 _ROOT = flags.DEFINE_string('root', None, 'Dataset root (as data.root).')
 _SKIP_IMAGES = flags.DEFINE_bool('skip_images', False, 'Do not decode images (no flare rate).')
 _PREPARE_TFDS = flags.DEFINE_bool('prepare_tfds', False, 'Prepare TFDS shards if the tree is clean.')
@@ -83,13 +99,42 @@ def check_dataset(dataset: str, root: str, decode_images: bool = True
   return lines, problems
 
 
+def check_cross_modal(dataset: str, root: str, decode_images: bool = True, **reader_kwargs
+                      ) -> tuple[list[str], list[str]]:
+  """Returns (report lines, problems) for a cross-modality tree (`cross_modal.scan_cross_modal`)."""
+  splits, problems = cross_modal.scan_cross_modal(dataset, root, **reader_kwargs)
+  names = splits.modality_names
+  lines = [f'{dataset} at {root}, evaluated {splits.direction}',
+           f'{"split":<8} {"modality":<9} {"ids":>5} {"images":>7}  cameras']
+  for split in ('train', 'query', 'gallery'):
+    recs = getattr(splits, split)
+    for modality in (0, 1):
+      part = [r for r in recs if r.modality == modality]
+      if part:
+        cams = sorted({r.camid for r in part})
+        lines.append(f'{split:<8} {names[modality]:<9} {len({r.pid for r in part}):>5} '
+                     f'{len(part):>7}  {",".join(map(str, cams))}')
+  one_pool = sorted({r.pid for r in splits.pool(0)} ^ {r.pid for r in splits.pool(1)})
+  if one_pool:
+    lines.append(f'note: {len(one_pool)} training ids have images in one modality only (the '
+                 f'sampler never draws them): labels {one_pool[:20]}{" ..." if len(one_pool) > 20 else ""}')
+  if decode_images:
+    problems.extend(cross_modal.prescan(splits))
+  return lines, problems
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not _ROOT.value:
     raise app.UsageError('--root is required')
   try:
-    lines, problems = check_dataset(_DATASET.value, _ROOT.value, not _SKIP_IMAGES.value)
+    if _DATASET.value in cross_modal.CROSS_MODAL_DATASETS:
+      lines, problems = check_cross_modal(
+          _DATASET.value, _ROOT.value, not _SKIP_IMAGES.value, direction=_DIRECTION.value,
+          search_mode=_SEARCH_MODE.value, trial=_TRIAL.value, use_npy_cache=_USE_NPY_CACHE.value)
+    else:
+      lines, problems = check_dataset(_DATASET.value, _ROOT.value, not _SKIP_IMAGES.value)
   except records.DatasetError as e:
     print(f'problem: {e}')
     return 1

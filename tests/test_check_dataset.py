@@ -91,3 +91,18 @@ def test_the_prescan_lists_bad_images_mismatched_triplets_and_unscorable_queries
   with pytest.raises(records.DatasetError, match=r'3 problems in the dataset at') as info:
     experiment.build_experiment(config)
   assert 'unreadable or truncated' in str(info.value) and 'query ids' in str(info.value)
+
+
+def test_cross_modal_tree_counts_and_problems(tmp_path):
+  root = fake_trees.make_dn(str(tmp_path / 'dn348'), {
+      'train_list_day.txt': {1: 2, 2: 1}, 'train_list_night.txt': {1: 1},
+      'test_list_day.txt': {7: 2, 8: 1}, 'test_list_night.txt': {7: 1, 8: 2}})
+  rc, text = _run('check_dataset.py', '--dataset', 'dn348', '--root', root)
+  assert rc == 0, text
+  assert 'evaluated day_to_night' in text
+  assert 'train    day           2       3' in text and 'gallery  night         2       3' in text
+  assert 'note: 1 training ids have images in one modality only' in text
+  os.remove(os.path.join(root, 'night', '00008', 'test_list_night_001.png'))
+  rc, text = _run('check_dataset.py', '--dataset', 'dn348', '--root', root,
+                  '--direction', 'night_to_day')
+  assert rc == 1 and 'test_list_night_001.png: listed in' in text
