@@ -89,11 +89,29 @@ def _single_stream_model() -> ml_collections.ConfigDict:
   return model
 
 
+def _agw_model() -> ml_collections.ConfigDict:
+  """AGW, the cross-modality baseline (`facenet_jax.models.agw.AGW`)."""
+  model = ml_collections.ConfigDict()
+  model.name = 'agw'
+  model.pretrained_path = ''        # converted ImageNet ResNet weights for both stems and the stages
+  model.depth = 50                  # ResNet depth: 18 | 34 | 50 | 101
+  model.last_stride = 1             # stride of layer4 (AGW: 1)
+  model.width_multiplier = 1.0      # ResNet width multiplier: 1 = the standard ResNet; pretrained weights need 1
+  model.dtype = 'float32'           # computation dtype: 'float32' | 'bfloat16' (params stay float32)
+  model.nonlocal_blocks = True      # non-local attention after layer2 blocks 2-3 and layer3 blocks 3-5
+  model.bug_nonlocal_one_channel = False  # official code: 1 attention channel instead of C / 2
+  model.pooling = 'gem'             # 'gem' (AGW) | 'avg'
+  model.gem_p = 3.0                 # GeM exponent (fixed, as the official code)
+  model.neck_feat = 'after'         # test embedding: BNNeck output ('after', official) | 'before'
+  return model
+
+
 MODEL_CONFIGS = {'facenet': _facenet_model, 'facenet_vit': _facenet_vit_model,
-                 'single_stream': _single_stream_model}
+                 'single_stream': _single_stream_model, 'agw': _agw_model}
 # Loss fields a model needs set otherwise than below: IC (Eq. 8) compares the RGB and NI branches,
-# which a single-stream model does not have.
-MODEL_LOSS_OVERRIDES = {'single_stream': {'ic': False}}
+# which a single-stream model (and AGW, one branch) does not have; AGW's triplet is WRT.
+MODEL_LOSS_OVERRIDES = {'single_stream': {'ic': False},
+                        'agw': {'ic': False, 'triplet_kind': 'wrt'}}
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -109,7 +127,7 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data
   data = config.data = ml_collections.ConfigDict()
-  data.dataset = 'wmveid863'        # 'wmveid863' | 'rgbnt100' | 'msvr310' | 'synthetic'
+  data.dataset = 'wmveid863'        # 'wmveid863' | 'rgbnt100' | 'msvr310' | 'synthetic' | a cross-modality set
   data.root = ''                    # dataset root on local disk (never downloaded)
   data.source = 'folder'            # 'folder': read the image tree; 'tfds': read prepared TFDS shards
   data.tfds_data_dir = ''           # where `tfds` keeps prepared shards ('' = TFDS default)
@@ -132,6 +150,12 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   data.num_parallel_calls = -1      # tf.data map parallelism (-1 = AUTOTUNE)
   data.prefetch_batches = 2         # batches prefetched ahead of the train step
   data.seed = 0                     # sampler / augmentation seed (the model seed is train.seed)
+  # Cross-modality sets only (sysu_mm01, regdb, llcm, dn348, dnwild; input_pipeline/cross_modal.py).
+  data.direction = ''               # query -> gallery, e.g. 'infrared_to_visible' ('' = the dataset's first)
+  data.search_mode = 'all'          # SYSU-MM01 gallery cameras: 'all' (1, 2, 4, 5) | 'indoor' (1, 2)
+  data.trial = 1                    # RegDB split 1..10 (one model per split)
+  data.use_npy_cache = False        # SYSU-MM01 training images from the official .npy cache
+  data.sampler_replacement = True   # two-pool sampler: K images per modality with replacement (AGW)
 
   # ---------------------------------------------------------------- model
   config.model = model_config(model)
@@ -141,6 +165,7 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   loss.id_weight = 1.0              # cross-entropy per branch
   loss.label_smoothing = 0.0        # epsilon of label-smoothed CE (official configs: off)
   loss.triplet_weight = 1.0         # batch-hard triplet per branch
+  loss.triplet_kind = 'batch_hard'  # 'batch_hard' (paper Eq. 11) | 'wrt' (AGW's weighted regularisation triplet)
   loss.triplet_margin = 0.3         # hinge margin m (paper silent; 0.3 as in the code's SOLVER.MARGIN)
   loss.triplet_soft_margin = False  # soft-margin log(1 + exp(d_ap - d_an)) as the official code
   loss.triplet_normalize = False    # L2-normalise features before mining
@@ -164,9 +189,12 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   optim.decay_epochs = (40, 70)     # multistep: epochs where the LR is multiplied by decay_factor
   optim.decay_factor = 0.1
   optim.warmup_epochs = 0           # linear warmup length (official: 5 / 10 / 100)
+  optim.warmup_init_factor = 0.01   # warmup starts at this x base_lr (FACENet code 0.01; AGW family 0)
   optim.weight_decay = 5e-4         # L2 weight decay (paper silent; strong-baseline value)
   optim.momentum = 0.9              # SGD momentum
+  optim.nesterov = False            # Nesterov SGD (AGW family: True)
   optim.bias_lr_factor = 1.0        # LR multiplier for biases (official: 2)
+  optim.backbone_lr_factor = 1.0    # LR multiplier under 'backbone*' modules (AGW family: 0.1)
   optim.grad_clip_norm = 0.0        # global-norm clipping (0 = off)
   optim.decay_all_params = False    # also decay biases and norm scales/biases (official code decays all)
 

@@ -10,7 +10,11 @@ the host. Shapes use B (batch), H, W (image size, `config.data.image_size`).
     'flare':           [B, 2] int32           pseudo-label bits (column 0 RGB, column 1 NI)
     'pid':             [B] int32              training identity, 0..num_classes-1 (labels)
 
-The cross-modality models (unpaired visible / infrared images) bring their own contract.
+  cross_modal_images (AGW family; `input_pipeline.cross_modal_pipeline` streams):
+    'image':     [B, H, W, 3] float32     one normalised image per row
+    'modality':  [B] int32                0 = visible / day stem, 1 = infrared / night stem;
+                                          a training batch holds B/2 rows of each
+    'pid':       [B] int32                training identity (labels)
 """
 
 import dataclasses
@@ -64,5 +68,11 @@ _IMAGE = ArraySpec(('B', 'H', 'W', 3), jnp.float32)
 ALIGNED_TRIPLETS = BatchContract(
     name='aligned_triplets',
     inputs=tuple((m, _IMAGE) for m in MODALITIES) + (('flare', ArraySpec(('B', 2), jnp.int32)),),
+    labels=(('pid', ArraySpec(('B',), jnp.int32)),),
+)
+
+CROSS_MODAL_IMAGES = BatchContract(
+    name='cross_modal_images',
+    inputs=(('image', _IMAGE), ('modality', ArraySpec(('B',), jnp.int32))),
     labels=(('pid', ArraySpec(('B',), jnp.int32)),),
 )

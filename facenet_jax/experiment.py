@@ -73,11 +73,14 @@ def build_eval_experiment(config: ml_collections.ConfigDict) -> EvalExperiment:
   if config.data.source == 'folder' and config.data.prescan:
     # Every image decoded once now: a bad file fails the run before its first step, not at the
     # first evaluation hours later, and every problem is listed at once.
-    problems = records_lib.prescan(splits)
+    problems = pipeline.prescan(splits)
     if problems:
       raise records_lib.DatasetError(records_lib.format_problems(problems, root))
   train_records, val_query, val_gallery = splits.train, [], []
   if config.data.num_val_ids > 0:
+    if pipeline.is_cross_modal(config.data.dataset):
+      raise ValueError('config.data.num_val_ids: a validation split of held-out ids is not '
+                       'available for the cross-modality sets; set it to 0')
     train_records, val_query, val_gallery = records_lib.split_validation(
         splits.train, config.data.num_val_ids, config.data.seed)
   num_classes = records_lib.num_classes(train_records)

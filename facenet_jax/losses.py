@@ -156,6 +156,59 @@ def batch_hard_triplet_loss(features: Array, labels: Array, margin: float | None
   return jnp.sum(per_anchor * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
+def _softmax_weights(values: Array, mask: Array) -> Array:
+  """Row-wise softmax of `values` over the entries where `mask` is 1 (AGW `softmax_weights`).
+
+  As the official code: shifted by the row max of values * mask, normalised by the masked sum
+  plus 1e-6, zero outside the mask.
+  """
+  shift = jnp.max(values * mask, axis=1, keepdims=True)
+  exp = jnp.exp(values - shift) * mask
+  return exp / (jnp.sum(exp, axis=1, keepdims=True) + 1e-6)
+
+
+def weighted_regularized_triplet_loss(features: Array, labels: Array) -> Array:
+  """Weighted regularisation triplet (WRT; AGW, Ye et al., TPAMI 2021), averaged over anchors.
+
+  With D the Euclidean distances: for anchor i, positive weights w+_ij = softmax_j(D_ij) over
+  j with y_j = y_i (the anchor itself included) and negative weights w-_ij = softmax_j(-D_ij)
+  over y_j != y_i; d+ = sum_j w+ D, d- = sum_j w- D; loss = mean_i log(1 + exp(d+ - d-)).
+  No margin and no mining: every pair contributes, hard ones most.
+
+  Args:
+    features: [B, D] embeddings (AGW: the pre-BNNeck pooled feature, not normalised).
+    labels: [B] identity labels.
+  Returns:
+    Scalar float32 loss.
+  """
+  _check_matrix(features, 'features')
+  _check_labels(labels, features.shape[0])
+  distances = pairwise_euclidean_distance(features.astype(jnp.float32))
+  same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+  different = 1.0 - same
+  d_ap = distances * same
+  d_an = distances * different
+  furthest_positive = jnp.sum(d_ap * _softmax_weights(d_ap, same), axis=1)
+  closest_negative = jnp.sum(d_an * _softmax_weights(-d_an, different), axis=1)
+  return jnp.mean(jax.nn.softplus(furthest_positive - closest_negative))
+
+
+TRIPLET_KINDS = ('batch_hard', 'wrt')
+
+
+def triplet_loss(features: Array, labels: Array, kind: str, margin: float | None,
+                 normalize: bool = False) -> Array:
+  """`kind` 'batch_hard' (`batch_hard_triplet_loss`) or 'wrt' (no margin, no normalisation)."""
+  if kind == 'batch_hard':
+    return batch_hard_triplet_loss(features, labels, margin, normalize=normalize)
+  if kind == 'wrt':
+    if normalize:
+      raise ValueError('config.loss.triplet_normalize=True: the WRT loss (AGW) works on the '
+                       'un-normalised features; set it to False')
+    return weighted_regularized_triplet_loss(features, labels)
+  raise ValueError(f'config.loss.triplet_kind must be one of {TRIPLET_KINDS}, got {kind!r}')
+
+
 # ------------------------------------------------------------------------------ KL terms
 
 

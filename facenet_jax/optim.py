@@ -27,9 +27,8 @@ PathPredicate = Callable[[str], bool]
 NO_DECAY_LEAF_NAMES = ('bias', 'scale', 'threshold')
 # Module name prefixes (flax auto-names: BatchNorm_0, LayerNorm_1, ...) whose leaves are not decayed.
 NORM_MODULE_PREFIXES = ('BatchNorm', 'LayerNorm', 'GroupNorm')
-# Official cosine schedule (solver/scheduler_factory): warmup starts at 0.01 x base, ends at
-# 0.002 x base, both absolute values shared by all parameter groups.
-COSINE_WARMUP_INIT_FACTOR = 0.01
+# Official cosine schedule (solver/scheduler_factory): ends at 0.002 x base, an absolute value
+# shared by all parameter groups (its warmup start, 0.01 x base, is `optim.warmup_init_factor`).
 COSINE_MIN_FACTOR = 0.002
 # torch.optim.Adam defaults; the paper gives no Adam hyper-parameters.
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
@@ -76,6 +75,13 @@ def bias_mask(params: Any) -> Any:
       lambda p, _: path_to_str(p).split('/')[-1] == 'bias', params)
 
 
+def backbone_mask(params: Any) -> Any:
+  """Tree of bools like `params`: True under a top-level module named 'backbone*' (the ResNet or
+  ViT streams of every model), which gets `optim.backbone_lr_factor` (AGW family: 0.1)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: path_to_str(p).split('/')[0].startswith('backbone'), params)
+
+
 def frozen_mask(params: Any, freeze: PathPredicate | None) -> Any:
   """Tree of bools like `params`: True where `freeze('a/b/leaf')` holds (no updates at all)."""
   if freeze is None:
@@ -117,13 +123,15 @@ def create_learning_rate_fn(optim_config: Any, steps_per_epoch: int, num_epochs:
   'multistep' (paper): base_g x decay_factor^(number of decay_epochs <= e); with decay_epochs
     (40, 70) epochs 0..39 run at base, 40..69 at base/10, 70.. at base/100 (torch MultiStepLR).
   'cosine' (official, timm CosineLRScheduler with t_in_epochs, no warmup prefix, one cycle):
-    lr0 = 0.01 x base_lr, lr_min = 0.002 x base_lr (absolute, the same for every group),
+    lr0 = warmup_init_factor x base_lr (official 0.01), lr_min = 0.002 x base_lr (absolute, the
+    same for every group),
     w = warmup_epochs, T = num_epochs:
       t < w:       lr0 + t (base_g - lr0) / w
       w <= t < T:  lr_min + (base_g - lr_min)(1 + cos(pi t / T)) / 2     (no warmup offset)
       t >= T:      lr_min                                               (cycle limit reached)
   The linear warmup above also applies to 'multistep' when warmup_epochs > 0 (the paper has
-  none; this is our extension so both schedules read warmup_epochs the same way).
+  none; this is our extension so both schedules read warmup_epochs the same way). With
+  warmup_init_factor 0 it is the AGW family's warmup: lr = base_g (e + 1) / w for e < w.
 
   Args:
     optim_config: `config.optim`.
@@ -138,7 +146,7 @@ def create_learning_rate_fn(optim_config: Any, steps_per_epoch: int, num_epochs:
   base = float(optim_config.base_lr)
   base_g = base * float(lr_factor)
   warmup = int(optim_config.warmup_epochs)
-  lr0 = COSINE_WARMUP_INIT_FACTOR * base
+  lr0 = float(optim_config.warmup_init_factor) * base
 
   if optim_config.schedule == 'multistep':
     decay_epochs = tuple(int(d) for d in optim_config.decay_epochs)
@@ -229,8 +237,11 @@ def create_optimizer(optim_config: Any, params: Any, steps_per_epoch: int, num_e
   coupled weight decay g + wd * p on `decay_mask` leaves -> Adam moments or SGD momentum ->
   x -lr of the leaf's group (weights: base LR; 'bias' leaves: bias_lr_factor; frozen: 0).
 
-  'sgd' is torch SGD with momentum, dampening 0, no Nesterov: d = g + wd p;
-    buf = momentum buf + d (buf = d on the first step); p -= lr buf.
+  'sgd' is torch SGD with momentum, dampening 0: d = g + wd p; buf = momentum buf + d (buf = d
+    on the first step); p -= lr buf, or with `optim.nesterov` p -= lr (d + momentum buf)
+    (torch's Nesterov form, the AGW family's optimiser).
+  Each leaf's LR is base_lr x (bias_lr_factor for biases) x (backbone_lr_factor under a
+  'backbone*' module).
   'adam' is torch Adam (betas 0.9/0.999, eps 1e-8) with its `weight_decay`, i.e. the decay is
     coupled (added to the gradient before the moments) rather than AdamW's decoupled decay: the
     paper is silent and the strong re-id baseline it builds on uses torch Adam this way.
@@ -266,25 +277,27 @@ def create_optimizer(optim_config: Any, params: Any, steps_per_epoch: int, num_e
 
   def group_of(tree):
     return jax.tree_util.tree_map(
-        lambda b, f: '_frozen' if f else ('bias' if b else 'weight'),
-        bias_mask(tree), frozen_of(tree))
+        lambda b, k, f: '_frozen' if f else ('bias' if b else 'weight') + ('_backbone' if k else ''),
+        bias_mask(tree), backbone_mask(tree), frozen_of(tree))
 
   # Build every mask once now, so a bad predicate fails at construction, not inside jit.
   group_of(params)
   decay_of(params)
 
-  schedules = {
-      'weight': create_learning_rate_fn(optim_config, steps_per_epoch, num_epochs),
-      'bias': create_learning_rate_fn(optim_config, steps_per_epoch, num_epochs,
-                                      lr_factor=optim_config.bias_lr_factor),
-  }
+  if optim_config.backbone_lr_factor <= 0:
+    raise ValueError(f'optim.backbone_lr_factor must be > 0, got {optim_config.backbone_lr_factor}')
+  schedules = {}
+  for kind, kind_factor in (('weight', 1.0), ('bias', optim_config.bias_lr_factor)):
+    for part, part_factor in (('', 1.0), ('_backbone', optim_config.backbone_lr_factor)):
+      schedules[kind + part] = create_learning_rate_fn(
+          optim_config, steps_per_epoch, num_epochs, lr_factor=kind_factor * part_factor)
   chain = [zero_frozen(frozen_of)]
   if optim_config.grad_clip_norm > 0:
     chain.append(optax.clip_by_global_norm(optim_config.grad_clip_norm))
   if optim_config.weight_decay > 0:
     chain.append(optax.add_decayed_weights(optim_config.weight_decay, mask=decay_of))
   if optim_config.optimizer == 'sgd':
-    chain.append(optax.trace(decay=optim_config.momentum, nesterov=False))
+    chain.append(optax.trace(decay=optim_config.momentum, nesterov=optim_config.nesterov))
   else:
     chain.append(optax.scale_by_adam(b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS))
   chain.append(scale_by_group_lr(group_of, schedules))

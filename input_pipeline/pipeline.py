@@ -149,7 +149,7 @@ def _raw_signature(rows: int, image_size, erase: bool, eval_keys: bool) -> dict:
   return spec
 
 
-def _finish(raw: dict, data_config, xp) -> dict:
+def _finish(raw: dict, data_config, xp, image_keys: Sequence[str] = MODALITIES) -> dict:
   """Raw batch -> output batch: normalise the uint8 images, apply erasing fills, zero padding.
 
   `xp` is `np` (reference, used by the *_batch_fn functions) or `tf` (inside the tf.data graph,
@@ -157,8 +157,8 @@ def _finish(raw: dict, data_config, xp) -> dict:
   float32(x) * (1 / (255 std)) - mean / std, the same float32 operations.
   """
   scale, offset = augment.normalize_constants(data_config.mean, data_config.std)
-  out = {k: v for k, v in raw.items() if k not in MODALITIES and not k.endswith('_erase')}
-  for m in MODALITIES:
+  out = {k: v for k, v in raw.items() if k not in image_keys and not k.endswith('_erase')}
+  for m in image_keys:
     if xp is tf:
       # Per-channel constants tiled along W: TF broadcasts a [W * 3] row several times faster
       # than a [3] vector (measured 2x on the whole stream).
@@ -178,7 +178,7 @@ def _finish(raw: dict, data_config, xp) -> dict:
 
 
 def _map_numpy(ds: tf.data.Dataset, fn: Callable[[int], dict], signature: dict,
-               data_config) -> tf.data.Dataset:
+               data_config, image_keys: Sequence[str] = MODALITIES) -> tf.data.Dataset:
   """ds of int64 scalars -> ds of output batches: `fn(int)` in Python, `_finish` in the graph.
 
   Runs data.num_parallel_calls batches at a time, keeps their order, prefetches
@@ -193,12 +193,25 @@ def _map_numpy(ds: tf.data.Dataset, fn: Callable[[int], dict], signature: dict,
   def tf_fn(x):
     values = tf.numpy_function(py, [x], [signature[k].dtype for k in keys], stateful=False)
     raw = {k: tf.ensure_shape(v, signature[k].shape) for k, v in zip(keys, values)}
-    return _finish(raw, data_config, tf)
+    return _finish(raw, data_config, tf, image_keys)
 
   parallel = tf.data.AUTOTUNE if data_config.num_parallel_calls < 0 else \
       data_config.num_parallel_calls
   ds = ds.map(tf_fn, num_parallel_calls=parallel, deterministic=True)
   return ds.prefetch(data_config.prefetch_batches)
+
+
+def is_cross_modal(records_or_dataset) -> bool:
+  """True for a cross-modality dataset name or a list of its `ImageRecord`s (single images)."""
+  from input_pipeline import cross_modal  # pylint: disable=g-import-not-at-top
+  if isinstance(records_or_dataset, str):
+    return records_or_dataset in cross_modal.CROSS_MODAL_DATASETS
+  return bool(records_or_dataset) and isinstance(records_or_dataset[0], cross_modal.ImageRecord)
+
+
+def _cross_modal():
+  from input_pipeline import cross_modal_pipeline  # pylint: disable=g-import-not-at-top
+  return cross_modal_pipeline
 
 
 def _meta(records: Sequence[Record], indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -216,6 +229,8 @@ def _make_sampler(records: Sequence[Record], data_config) -> sampler_lib.Identit
 
 def train_steps_per_epoch(records: Sequence[Record], data_config) -> int:
   """Steps of one sampler epoch (see sampler.compute_steps_per_epoch)."""
+  if is_cross_modal(records):
+    return _cross_modal().train_steps_per_epoch(records, data_config)
   sizes = collections.Counter(r.pid for r in records).values()
   return sampler_lib.compute_steps_per_epoch(list(sizes), data_config.num_ids_per_batch,
                                              data_config.num_instances)
@@ -261,6 +276,8 @@ def make_train_batch_fn(records: Sequence[Record], data_config, process_index: i
   rows [p*B/n, (p+1)*B/n), so concatenating the processes' shards gives the global batch.
   `make_train_stream` yields the same batches, computed in parallel by tf.data.
   """
+  if is_cross_modal(records):
+    return _cross_modal().make_train_batch_fn(records, data_config, process_index, process_count)
   raw_fn, _ = _train_source(records, data_config, process_index, process_count)
   return lambda step: _finish(raw_fn(step), data_config, np)
 
@@ -272,8 +289,11 @@ def make_train_stream(records: Sequence[Record], data_config, start_step: int = 
 
   Yields NumPy dicts with B = P * K / process_count rows, ordered by identity (K consecutive rows
   per id): 'rgb', 'ni', 'ti' float32 [B, H, W, 3] (normalised), 'pid', 'camid', 'scene'
-  int32 [B], 'flare' int32 [B, 2].
+  int32 [B], 'flare' int32 [B, 2]. Cross-modality records: `cross_modal_pipeline`'s batches.
   """
+  if is_cross_modal(records):
+    return _cross_modal().make_train_stream(records, data_config, start_step, process_index,
+                                            process_count)
   raw_fn, signature = _train_source(records, data_config, process_index, process_count)
   ds = tf.data.Dataset.counter(start=start_step)
   return _map_numpy(ds, raw_fn, signature, data_config).as_numpy_iterator()
@@ -320,6 +340,8 @@ def _eval_source(records: Sequence[Record], data_config, batch_size: int, proces
 def make_eval_batch_fn(records: Sequence[Record], data_config, batch_size: int
                        ) -> Callable[[int], dict[str, np.ndarray]]:
   """The function batch number -> padded eval batch (NumPy); see `make_eval_stream`."""
+  if is_cross_modal(records):
+    return _cross_modal().make_eval_batch_fn(records, data_config, batch_size)
   raw_fn, _ = _eval_source(records, data_config, batch_size)
   return lambda b: _finish(raw_fn(b), data_config, np)
 
@@ -334,7 +356,11 @@ def make_eval_stream(records: Sequence[Record], data_config, batch_size: int | N
   Test-time transform: bilinear resize, normalise, no augmentation. With several processes each
   yields its B / process_count rows of every global batch (all processes yield the same number
   of batches), so the processes' batches side by side are the single-process batch.
+  Cross-modality records: `cross_modal_pipeline`'s batches ('image', 'modality', ...).
   """
+  if is_cross_modal(records):
+    return _cross_modal().make_eval_stream(records, data_config, batch_size, process_index,
+                                           process_count)
   batch_size = int(batch_size or data_config.eval_batch_size)
   raw_fn, signature = _eval_source(records, data_config, batch_size, process_index, process_count)
   num_batches = -(-len(records) // batch_size)
@@ -387,6 +413,14 @@ def _tfds_loader(record: Record):
   return (ex['rgb'], ex['ni'], ex['ti']), bits
 
 
+def prescan(splits) -> list[str]:
+  """The problems `records.prescan` (triplets) or `cross_modal.prescan` (single images) finds."""
+  if is_cross_modal(splits.train or splits.query):
+    from input_pipeline import cross_modal  # pylint: disable=g-import-not-at-top
+    return cross_modal.prescan(splits)
+  return records_lib.prescan(splits)
+
+
 def load_record_triplet(record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Decoded uint8 (rgb, ni, ti) [H, W, 3] of a folder or TFDS record, original resolution."""
   return _loader_for([record])(record)[0]
@@ -407,7 +441,12 @@ def load_tfds_splits(dataset: str, data_dir: str) -> records_lib.Splits:
 
 
 def load_splits_for_config(data_config) -> records_lib.Splits:
-  """Train/query/gallery records from data.source: 'folder' (data.root) or 'tfds' (prepared)."""
+  """Train/query/gallery records from data.source: 'folder' (data.root) or 'tfds' (prepared).
+
+  Cross-modality sets give `cross_modal.CrossModalSplits` (train, query, gallery of `ImageRecord`).
+  """
+  if is_cross_modal(data_config.dataset):
+    return _cross_modal().load_splits(data_config)
   if data_config.source == 'folder':
     return records_lib.load_splits(data_config.dataset, data_config.root)
   if data_config.source == 'tfds':

@@ -308,7 +308,8 @@ def reid_terms(outputs: Mapping[str, Any], labels: jax.Array,
   """The re-id terms every model shares, over the model's `branches` (s):
 
     id      = id_weight * sum_s CE_s         (Eq. 9, label-smoothed by `loss.label_smoothing`)
-    triplet = triplet_weight * sum_s Tri_s   (Eq. 11, batch-hard, on the pre-BNNeck features)
+    triplet = triplet_weight * sum_s Tri_s   (Eq. 11, batch-hard, on the pre-BNNeck features;
+                                              `loss.triplet_kind='wrt'`: AGW's weighted triplet)
 
   outputs: 'features' {s: [B, D]} and 'logits' {s: [B, num_classes]} (a missing branch is a
   KeyError naming it); labels: [B] int identities. Returns (terms, metrics) with the unweighted
@@ -320,8 +321,9 @@ def reid_terms(outputs: Mapping[str, Any], labels: jax.Array,
   for s in branches:
     metrics[f'id_{s}'] = losses.cross_entropy_loss(logits[s], labels,
                                                     loss_config.label_smoothing)
-    metrics[f'triplet_{s}'] = losses.batch_hard_triplet_loss(
-        features[s], labels, margin, normalize=loss_config.triplet_normalize)
+    metrics[f'triplet_{s}'] = losses.triplet_loss(
+        features[s], labels, loss_config.triplet_kind, margin,
+        normalize=loss_config.triplet_normalize)
     metrics[f'acc_{s}'] = losses.top1_accuracy(logits[s], labels)
   terms = {
       'id': loss_config.id_weight * sum(metrics[f'id_{s}'] for s in branches),

@@ -1,0 +1,204 @@
+"""tf.data train and eval streams of cross-modality images (unpaired visible / infrared, day / night).
+
+The contract of `input_pipeline.pipeline`, for single images with a modality instead of aligned
+triplets (`pipeline.make_train_stream` and friends hand cross-modality records to this module):
+
+Train: the batch at global step s is a pure function of (data.seed, s): `CrossModalSampler` picks
+P ids and K images per modality, and every row's flip / pad / crop draws from a generator seeded by
+(seed, s, row). A batch is the P x K modality-0 images (id-major) followed by the P x K modality-1
+images of the same ids in the same order:
+
+    'image'    float32 [2 P K, H, W, 3]   normalised
+    'modality' int32 [2 P K]              0 for the first half, 1 for the second
+    'pid'      int32 [2 P K]              training label (halves element-wise equal)
+    'camid'    int32 [2 P K]
+
+With several processes each process yields its share of both halves (rows [p B/n, (p+1) B/n) of
+each, P / n whole ids), so the global batch interleaves the halves by process; the models find the
+two modalities from 'modality', never from row positions, and rely only on each global training
+batch holding P K images of each.
+
+Eval: every record once, in order, padded batches with 'image', 'modality', 'pid', 'camid',
+'mask', 'index'.
+
+Images are decoded once (Pillow, or a row of the SYSU-MM01 `.npy` cache), resized to
+data.image_size (bicubic for train, bilinear for test, as the triplet streams; the official AGW
+code resizes at load with LANCZOS) and, with data.cache_images, kept in memory as uint8.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from input_pipeline import augment
+from input_pipeline import cross_modal
+from input_pipeline import pipeline
+from input_pipeline import sampler as sampler_lib
+
+ImageRecord = cross_modal.ImageRecord
+IMAGE_KEYS = ('image',)
+
+
+class ImageStore:
+  """Resized uint8 images of a record list, decoded on first use (thread-safe, as TripletStore)."""
+
+  def __init__(self, records: Sequence[ImageRecord], image_size: tuple[int, int], method: str,
+               cache_images: bool):
+    self.records = list(records)
+    self.image_size = (int(image_size[0]), int(image_size[1]))
+    self.method = method
+    self.cache_images = cache_images
+    if cache_images:
+      self._images = np.empty((len(self.records), *self.image_size, 3), np.uint8)
+      self._done = np.zeros(len(self.records), bool)
+
+  def get(self, i: int) -> np.ndarray:
+    """uint8 [H, W, 3] of record i at data.image_size."""
+    if self.cache_images and self._done[i]:
+      return self._images[i]
+    image = augment.resize(cross_modal.load_image(self.records[i]), self.image_size, self.method)
+    if self.cache_images:
+      self._images[i] = image
+      self._done[i] = True
+    return image
+
+
+_STORES: dict = {}
+_STORES_LOCK = threading.Lock()
+
+
+def _get_store(records: Sequence[ImageRecord], data_config, method: str) -> ImageStore:
+  if not data_config.cache_images:
+    return ImageStore(records, data_config.image_size, method, False)
+  key = (tuple(records), tuple(data_config.image_size), method)
+  with _STORES_LOCK:
+    if key not in _STORES:
+      while len(_STORES) >= 4:
+        _STORES.pop(next(iter(_STORES)))
+      _STORES[key] = ImageStore(records, data_config.image_size, method, True)
+    return _STORES[key]
+
+
+def _signature(rows: int, image_size, eval_keys: bool) -> dict:
+  h, w = image_size
+  spec = {'image': tf.TensorSpec([rows, h, w, 3], tf.uint8),
+          'modality': tf.TensorSpec([rows], tf.int32), 'pid': tf.TensorSpec([rows], tf.int32),
+          'camid': tf.TensorSpec([rows], tf.int32)}
+  if eval_keys:
+    spec.update(mask=tf.TensorSpec([rows], tf.bool), index=tf.TensorSpec([rows], tf.int32))
+  return spec
+
+
+def make_sampler(records: Sequence[ImageRecord], data_config) -> sampler_lib.CrossModalSampler:
+  """The two-pool sampler over the modality-0 and modality-1 training records."""
+  pools = [[r.pid for r in records if r.modality == m] for m in (0, 1)]
+  return sampler_lib.CrossModalSampler(pools[0], pools[1], data_config.num_ids_per_batch,
+                                       data_config.num_instances, data_config.seed,
+                                       data_config.sampler_replacement)
+
+
+def train_steps_per_epoch(records: Sequence[ImageRecord], data_config) -> int:
+  return make_sampler(records, data_config).steps_per_epoch
+
+
+def _train_source(records: Sequence[ImageRecord], data_config, process_index: int,
+                  process_count: int) -> tuple[Callable[[int], dict], dict]:
+  if not records:
+    raise ValueError('make_train_stream: no training records')
+  p = data_config.num_ids_per_batch
+  if process_count <= 0 or not 0 <= process_index < process_count or p % process_count:
+    raise ValueError(f'data.num_ids_per_batch: {p} ids per batch cannot be split into whole '
+                     f'identities over {process_count} processes (process_index {process_index})')
+  sampler = make_sampler(records, data_config)
+  pools = [np.asarray([i for i, r in enumerate(records) if r.modality == m]) for m in (0, 1)]
+  store = _get_store(records, data_config, 'bicubic')
+  half = sampler.batch_size
+  rows = half // process_count
+  row0 = process_index * rows
+
+  def raw_fn(step: int) -> dict[str, np.ndarray]:
+    halves = sampler.batch_indices_for_step(step)
+    indices = np.concatenate([pools[m][halves[m][row0:row0 + rows]] for m in (0, 1)])
+    # Row numbers in the global batch, so a process's rows draw what they draw with one process.
+    global_rows = np.concatenate([np.arange(row0, row0 + rows) + m * half for m in (0, 1)])
+    images = [(store.get(int(i)),) for i in indices]
+    rngs = [augment.row_rng(data_config.seed, step, int(r)) for r in global_rows]
+    (crops,), _ = augment.crop_batch(images, rngs, data_config)
+    return {'image': crops,
+            'modality': np.repeat(np.arange(2, dtype=np.int32), rows),
+            'pid': np.asarray([records[i].pid for i in indices], np.int32),
+            'camid': np.asarray([records[i].camid for i in indices], np.int32)}
+
+  return raw_fn, _signature(2 * rows, data_config.image_size, False)
+
+
+def make_train_batch_fn(records, data_config, process_index: int = 0, process_count: int = 1):
+  """step -> this process's training batch, in NumPy alone (the reference of the stream)."""
+  raw_fn, _ = _train_source(records, data_config, process_index, process_count)
+  return lambda step: pipeline._finish(raw_fn(step), data_config, np, IMAGE_KEYS)  # pylint: disable=protected-access
+
+
+def make_train_stream(records, data_config, start_step: int = 0, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite iterator of training batches from global step `start_step` on (module docstring)."""
+  raw_fn, signature = _train_source(records, data_config, process_index, process_count)
+  ds = tf.data.Dataset.counter(start=start_step)
+  return pipeline._map_numpy(ds, raw_fn, signature, data_config, IMAGE_KEYS).as_numpy_iterator()  # pylint: disable=protected-access
+
+
+def _eval_source(records, data_config, batch_size: int, process_index: int = 0,
+                 process_count: int = 1):
+  if batch_size <= 0:
+    raise ValueError(f'data.eval_batch_size: must be positive, got {batch_size}')
+  if process_count <= 0 or not 0 <= process_index < process_count or batch_size % process_count:
+    raise ValueError(f'data.eval_batch_size: {batch_size} does not split evenly over '
+                     f'{process_count} processes (process_index {process_index})')
+  store = _get_store(records, data_config, 'bilinear')
+  h, w = data_config.image_size
+  rows = batch_size // process_count
+
+  def raw_fn(b: int) -> dict[str, np.ndarray]:
+    start = b * batch_size + process_index * rows
+    indices = np.arange(start, min(start + rows, len(records)))
+    n = len(indices)
+    batch = {'image': np.zeros((rows, h, w, 3), np.uint8), 'modality': np.zeros(rows, np.int32),
+             'pid': np.full(rows, -1, np.int32), 'camid': np.full(rows, -1, np.int32),
+             'mask': np.zeros(rows, bool), 'index': np.full(rows, -1, np.int32)}
+    for row, i in enumerate(indices):
+      r = records[int(i)]
+      batch['image'][row] = store.get(int(i))
+      batch['modality'][row], batch['pid'][row], batch['camid'][row] = r.modality, r.pid, r.camid
+    batch['mask'][:n] = True
+    batch['index'][:n] = indices
+    return batch
+
+  return raw_fn, _signature(rows, data_config.image_size, True)
+
+
+def make_eval_batch_fn(records, data_config, batch_size: int):
+  raw_fn, _ = _eval_source(records, data_config, batch_size)
+  return lambda b: pipeline._finish(raw_fn(b), data_config, np, IMAGE_KEYS)  # pylint: disable=protected-access
+
+
+def make_eval_stream(records, data_config, batch_size: int | None = None, process_index: int = 0,
+                     process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Every record exactly once, in order, in padded batches (module docstring)."""
+  batch_size = int(batch_size or data_config.eval_batch_size)
+  raw_fn, signature = _eval_source(records, data_config, batch_size, process_index, process_count)
+  ds = tf.data.Dataset.range(-(-len(records) // batch_size))
+  return pipeline._map_numpy(ds, raw_fn, signature, data_config, IMAGE_KEYS).as_numpy_iterator()  # pylint: disable=protected-access
+
+
+def load_splits(data_config) -> cross_modal.CrossModalSplits:
+  """The configured cross-modality splits (`data.dataset`, `data.root`, direction, mode, trial)."""
+  if data_config.source != 'folder':
+    raise ValueError(f"data.source={data_config.source!r}: cross-modality sets are read from "
+                     "their folders only (data.source='folder')")
+  return cross_modal.load_cross_modal(
+      data_config.dataset, data_config.root, direction=data_config.direction or None,
+      search_mode=data_config.search_mode, trial=data_config.trial,
+      use_npy_cache=data_config.use_npy_cache)
