@@ -62,9 +62,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   files['cmc'] = out / 'cmc.png'
   visualize.plot_cmc(metrics['cmc'], files['cmc'],
                      title=f'{config.data.dataset} CMC (step {restored_step})')
-  files['rank_list'] = out / 'rank_list.png'
-  _plot_rank_list(q['embedding'], g['embedding'], exp.query, exp.gallery, config,
-                  files['rank_list'], num_rank_list_queries)
+  # Rank-list pictures show aligned triplets; the cross-modality sets get the metrics and CMC.
+  cross_modal = not hasattr(exp.query[0], 'rgb_path')
+  if not cross_modal:
+    files['rank_list'] = out / 'rank_list.png'
+    _plot_rank_list(q['embedding'], g['embedding'], exp.query, exp.gallery, config,
+                    files['rank_list'], num_rank_list_queries)
   if q.get('masks'):
     files['flare_masks'] = out / 'flare_masks.png'
     _plot_masks(q['masks'], exp.query, files['flare_masks'], config.data.flare_rule)
@@ -73,7 +76,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
                               ('gallery', g['embedding'], exp.gallery)):
       files[f'{name}_features'] = out / f'{name}_features.npy'
       np.save(files[f'{name}_features'], feats)
-      for field in ('pid', 'camid', 'scene'):
+      for field in ('pid', 'camid', 'modality' if cross_modal else 'scene'):
         np.save(out / f'{name}_{field}s.npy', np.asarray([getattr(r, field) for r in recs]))
   out_info['files'] = {k: str(v) for k, v in files.items()}
   return out_info

@@ -1,0 +1,119 @@
+"""The cross-modality path end to end: synthetic sets, streams, AGW steps, protocol evaluation."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import agw_synthetic
+from facenet_jax import experiment
+from facenet_jax import models
+from facenet_jax import sharding
+from facenet_jax import steps
+from facenet_jax import train
+from facenet_jax.train_state import create_train_state
+from input_pipeline import cross_modal
+from input_pipeline import cross_modal_pipeline
+from input_pipeline import pipeline
+from input_pipeline import synthetic_cross_modal
+
+
+@pytest.fixture(scope='module')
+def sysu_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('synthetic') / 'sysu')
+  return synthetic_cross_modal.generate_sysu_like(root, num_ids=18, images_per_camera=2,
+                                                  image_size=(32, 16))
+
+
+def tiny_agw_config(root, **overrides):
+  config = agw_synthetic.get_config()
+  config.data.root = root
+  config.data.image_size = (32, 16)
+  config.data.pad_pixels = 2
+  config.data.num_ids_per_batch = 4
+  config.data.num_instances = 2
+  config.data.eval_batch_size = 16
+  config.model.width_multiplier = 0.125
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 2
+  config.train.eval_every_epochs = 100
+  for key, value in overrides.items():
+    group, field = key.split('__')
+    setattr(config[group], field, value)
+  return config
+
+
+def test_synthetic_layouts_read_with_the_real_readers(sysu_root, tmp_path):
+  splits = cross_modal.load_cross_modal('sysu_mm01', sysu_root)
+  assert {r.camid for r in splits.pool(0)} <= {1, 2, 4, 5} and splits.pool(1)
+  assert {q.camid for q in splits.query} <= {3, 6}
+  assert cross_modal.prescan(splits) == []
+  dn = synthetic_cross_modal.generate_dn_like(str(tmp_path / 'dn'), num_ids=9, images_per_state=2)
+  day_night = cross_modal.load_cross_modal('dn348', dn)
+  assert {r.modality for r in day_night.train} == {0, 1}
+  assert {q.pid for q in day_night.query} == {g.pid for g in day_night.gallery}
+  with pytest.raises(ValueError, match='not empty'):
+    synthetic_cross_modal.generate_dn_like(dn, num_ids=9)
+
+
+def test_train_batches_are_aligned_halves_and_the_stream_is_the_batch_function(sysu_root):
+  config = tiny_agw_config(sysu_root)
+  splits = cross_modal_pipeline.load_splits(config.data)
+  batch_fn = pipeline.make_train_batch_fn(splits.train, config.data)
+  stream = pipeline.make_train_stream(splits.train, config.data, start_step=5)
+  for step in (5, 6):
+    batch, streamed = batch_fn(step), next(stream)
+    assert batch['image'].shape == (16, 32, 16, 3) and batch['image'].dtype == np.float32
+    np.testing.assert_array_equal(batch['modality'], [0] * 8 + [1] * 8)
+    np.testing.assert_array_equal(batch['pid'][:8], batch['pid'][8:])
+    for key in batch:
+      np.testing.assert_allclose(streamed[key], batch[key], atol=1e-6)
+  # Two processes: each holds half of each modality's rows; together the global batch's rows.
+  shares = [pipeline.make_train_batch_fn(splits.train, config.data, p, 2)(5) for p in (0, 1)]
+  whole = batch_fn(5)
+  for m in (0, 1):
+    rows = np.concatenate([s['image'][s['modality'] == m] for s in shares])
+    np.testing.assert_allclose(rows, whole['image'][whole['modality'] == m], atol=1e-6)
+
+
+def test_eval_stream_yields_every_record_once(sysu_root):
+  config = tiny_agw_config(sysu_root)
+  splits = cross_modal_pipeline.load_splits(config.data)
+  seen = []
+  for batch in pipeline.make_eval_stream(splits.gallery, config.data, batch_size=16):
+    seen += batch['index'][batch['mask']].tolist()
+    assert np.all(batch['modality'][batch['mask']] == 0)
+    assert not batch['image'][~batch['mask']].any()
+  assert seen == list(range(len(splits.gallery)))
+
+
+def test_agw_step_does_not_depend_on_the_number_of_devices(sysu_root):
+  """The stems' and shared stages' BatchNorm see the global batch however it is sharded."""
+  config = tiny_agw_config(sysu_root)
+  exp = experiment.build_experiment(config)
+  variables = models.init_variables(exp.model, config.data.image_size, jax.random.PRNGKey(0))
+  host_state = jax.device_get(create_train_state(variables, exp.tx, jax.random.PRNGKey(1)))
+  batch = pipeline.make_train_batch_fn(exp.train_records, config.data)(0)
+  batch = {k: batch[k] for k in exp.spec.batch.train_keys}
+  results = {}
+  for n in (1, 4):
+    mesh = sharding.create_mesh(jax.devices()[:n])
+    step = steps.jit_train_step(steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss,
+                                                      exp.learning_rate_fn), mesh)
+    state, metrics = step(sharding.replicate(host_state, mesh), sharding.shard_batch(batch, mesh))
+    results[n] = jax.device_get(state), steps.flatten_metrics(jax.device_get(metrics))
+  for key in ('loss', 'id', 'triplet', 'grad_norm'):
+    np.testing.assert_allclose(results[4][1][key], results[1][1][key], rtol=1e-4, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+               results[4][0].batch_stats, results[1][0].batch_stats)
+
+
+def test_agw_trains_and_evaluates_under_the_sysu_protocol(sysu_root, tmp_path, capsys):
+  config = tiny_agw_config(sysu_root, train__max_steps=4)
+  final = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  out = capsys.readouterr().out
+  assert 'agw on sysu_mm01' in out
+  assert '[CMC: standard, mean of 10 gallery trials]' in out
+  assert np.isfinite(final['test/mAP']) and 0 < final['test/mAP'] <= 1
+  losses = [float(line.split('loss ')[1].split()[0]) for line in out.splitlines()
+            if line.startswith('step ')]
+  assert len(losses) == 4 and losses[-1] < losses[0]
