@@ -29,7 +29,7 @@ def apply(config, dataset: str, protocol: str):
   config.optim.weight_decay = 5e-4
   config.optim.decay_all_params = True
   config.optim.base_lr = 0.1
-  config.optim.backbone_lr_factor = 0.1
+  config.optim.feature_lr_factor = 0.1
   config.optim.schedule = 'multistep'
   config.optim.warmup_epochs = 10
   config.optim.warmup_init_factor = 0.0

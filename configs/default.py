@@ -106,12 +106,27 @@ def _agw_model() -> ml_collections.ConfigDict:
   return model
 
 
+def _deen_model() -> ml_collections.ConfigDict:
+  """DEEN (`facenet_jax.models.deen.DEEN`)."""
+  model = ml_collections.ConfigDict()
+  model.name = 'deen'
+  model.pretrained_path = ''        # converted ImageNet ResNet weights for both stems and the stages
+  model.depth = 50                  # ResNet depth: 18 | 34 | 50 | 101
+  model.last_stride = 1             # stride of layer4 (DEEN: 1)
+  model.width_multiplier = 1.0      # ResNet width multiplier: 1 = the standard ResNet; pretrained weights need 1
+  model.dtype = 'float32'           # computation dtype: 'float32' | 'bfloat16' (params stay float32)
+  model.dee_after_stage = 3         # 3: MFA1-3, DEE, layer4 (SYSU-MM01, LLCM) | 2: RegDB (no MFA3, no layer4)
+  model.dee_dropout = 0.01          # dropout on the expanded batch (official 0.01)
+  return model
+
+
 MODEL_CONFIGS = {'facenet': _facenet_model, 'facenet_vit': _facenet_vit_model,
-                 'single_stream': _single_stream_model, 'agw': _agw_model}
+                 'single_stream': _single_stream_model, 'agw': _agw_model, 'deen': _deen_model}
 # Loss fields a model needs set otherwise than below: IC (Eq. 8) compares the RGB and NI branches,
 # which a single-stream model (and AGW, one branch) does not have; AGW's triplet is WRT.
 MODEL_LOSS_OVERRIDES = {'single_stream': {'ic': False},
-                        'agw': {'ic': False, 'triplet_kind': 'wrt'}}
+                        'agw': {'ic': False, 'triplet_kind': 'wrt'},
+                        'deen': {'ic': False}}
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -144,6 +159,7 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   data.hflip_prob = 0.5             # horizontal flip probability
   data.pad_pixels = 10              # zero padding before the random crop
   data.random_erasing_prob = 0.0    # random erasing (official configs set 0.5 but it is commented out)
+  data.grayscale_prob = 0.0         # cross-modality sets: turn a training image grey (DEEN: 0.5)
   data.mean = (0.5, 0.5, 0.5)       # normalisation mean (official configs), same for all modalities
   data.std = (0.5, 0.5, 0.5)        # normalisation std
   data.cache_images = True          # keep decoded uint8 images in memory after the first read
@@ -179,6 +195,9 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   loss.relation = 'none'            # paper Table 5 alternatives: 'none' | '3m' | 'cdc' | 'hc'
   loss.relation_weight = 1.0        # weight of the relation loss
   loss.hc_distance = 'l2'           # 'hc' relation: 'l2' squared centre distance (HC paper) | 'cos' (official)
+  loss.cpm_weight = 0.8             # DEEN / FSC-Net: cross-modality prototype margin loss weight
+  loss.cpm_margin = 0.2             # DEEN / FSC-Net: its margin
+  loss.ort_weight = 0.01            # DEEN / FSC-Net: orthogonality of the two expanded embeddings
   loss.update(MODEL_LOSS_OVERRIDES.get(model, {}))
 
   # ---------------------------------------------------------------- optim
@@ -194,7 +213,7 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   optim.momentum = 0.9              # SGD momentum
   optim.nesterov = False            # Nesterov SGD (AGW family: True)
   optim.bias_lr_factor = 1.0        # LR multiplier for biases (official: 2)
-  optim.backbone_lr_factor = 1.0    # LR multiplier under 'backbone*' modules (AGW family: 0.1)
+  optim.feature_lr_factor = 1.0     # LR multiplier of everything but the 'head*' modules (AGW family: 0.1)
   optim.grad_clip_norm = 0.0        # global-norm clipping (0 = off)
   optim.decay_all_params = False    # also decay biases and norm scales/biases (official code decays all)
 

@@ -193,6 +193,57 @@ def weighted_regularized_triplet_loss(features: Array, labels: Array) -> Array:
   return jnp.mean(jax.nn.softplus(furthest_positive - closest_negative))
 
 
+def _cross_euclidean(a: Array, b: Array) -> Array:
+  """[N, D] x [M, D] -> [N, M] Euclidean distances, squared values clamped at 1e-12 (torch pdist)."""
+  sq = jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :] - 2.0 * (a @ b.T)
+  return jnp.sqrt(jnp.maximum(sq, SQUARED_DISTANCE_FLOOR))
+
+
+def cpm_loss(features: Array, labels: Array, margin: float = 0.2) -> Array:
+  """Cross-modality prototype margin loss (DEEN `CPMLoss`), averaged over identities.
+
+  features: [4N, D] = [c1 rows; c2 rows; c3 rows; c4 rows] (original modality 0, original
+  modality 1, expanded modality 0, expanded modality 1), each chunk holding the same ids in the
+  same order; labels: [4N]. Per chunk the identity centres c^k_i are the means of the id's rows.
+  With d Euclidean, h(t) = max(0, t + margin), sg = stop-gradient:
+
+    L123 = h(d(c2_i, c3_i) - sg d(c1_i, c3_i))
+           + (h(d(c2_i, c3_i) - min_{j!=i} d(c3_i, c3_j)) + h(d(c2_i, c3_i) - min_{j!=i} d(c1_i, c1_j))) / 2
+    L124 = the same with c4 and the roles of c1 / c2 exchanged
+    CPM  = (mean_i L123 + mean_i L124) / 2
+
+  Centres are computed per row (each row carries its id's centre), so no static id count is
+  needed; with K rows per id (the two-pool sampler) the row mean is the id mean.
+  """
+  _check_matrix(features, 'features')
+  _check_labels(labels, features.shape[0])
+  if features.shape[0] % 4:
+    raise ValueError(f'cpm_loss: {features.shape[0]} rows do not split into 4 chunks')
+  features = features.astype(jnp.float32)
+  chunks = jnp.split(features, 4)
+  chunk_labels = jnp.split(labels, 4)[0]
+  same = (chunk_labels[:, None] == chunk_labels[None, :]).astype(jnp.float32)
+  centres = [same @ c / jnp.sum(same, axis=1, keepdims=True) for c in chunks]   # [N, D] each
+
+  def own(a, b):          # d(a_i, b_i) of each row's own centres
+    return jnp.sqrt(jnp.maximum(jnp.sum((a - b) ** 2, -1), SQUARED_DISTANCE_FLOOR))
+
+  def nearest_other(a):   # min over other ids of d(a_i, a_j)
+    return jnp.min(jnp.where(same > 0, jnp.inf, _cross_euclidean(a, a)), axis=1)
+
+  def hinge(t):
+    return jax.nn.relu(t + margin)
+
+  c1, c2, c3, c4 = centres
+  ap_123 = own(c2, c3)
+  l123 = hinge(ap_123 - jax.lax.stop_gradient(own(c1, c3))) + 0.5 * (
+      hinge(ap_123 - nearest_other(c3)) + hinge(ap_123 - nearest_other(c1)))
+  ap_124 = own(c1, c4)
+  l124 = hinge(ap_124 - jax.lax.stop_gradient(own(c2, c4))) + 0.5 * (
+      hinge(ap_124 - nearest_other(c4)) + hinge(ap_124 - nearest_other(c2)))
+  return 0.5 * (jnp.mean(l123) + jnp.mean(l124))
+
+
 TRIPLET_KINDS = ('batch_hard', 'wrt')
 
 

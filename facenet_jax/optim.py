@@ -75,11 +75,12 @@ def bias_mask(params: Any) -> Any:
       lambda p, _: path_to_str(p).split('/')[-1] == 'bias', params)
 
 
-def backbone_mask(params: Any) -> Any:
-  """Tree of bools like `params`: True under a top-level module named 'backbone*' (the ResNet or
-  ViT streams of every model), which gets `optim.backbone_lr_factor` (AGW family: 0.1)."""
+def feature_mask(params: Any) -> Any:
+  """Tree of bools like `params`: True outside the top-level 'head*' modules (BNNeck + classifier
+  of every model), i.e. the feature extractor with its plug-ins, which gets
+  `optim.feature_lr_factor` (AGW family: 0.1, the official `base_params` group)."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: path_to_str(p).split('/')[0].startswith('backbone'), params)
+      lambda p, _: not path_to_str(p).split('/')[0].startswith('head'), params)
 
 
 def frozen_mask(params: Any, freeze: PathPredicate | None) -> Any:
@@ -240,8 +241,8 @@ def create_optimizer(optim_config: Any, params: Any, steps_per_epoch: int, num_e
   'sgd' is torch SGD with momentum, dampening 0: d = g + wd p; buf = momentum buf + d (buf = d
     on the first step); p -= lr buf, or with `optim.nesterov` p -= lr (d + momentum buf)
     (torch's Nesterov form, the AGW family's optimiser).
-  Each leaf's LR is base_lr x (bias_lr_factor for biases) x (backbone_lr_factor under a
-  'backbone*' module).
+  Each leaf's LR is base_lr x (bias_lr_factor for biases) x (feature_lr_factor outside the
+  'head*' modules).
   'adam' is torch Adam (betas 0.9/0.999, eps 1e-8) with its `weight_decay`, i.e. the decay is
     coupled (added to the gradient before the moments) rather than AdamW's decoupled decay: the
     paper is silent and the strong re-id baseline it builds on uses torch Adam this way.
@@ -277,18 +278,18 @@ def create_optimizer(optim_config: Any, params: Any, steps_per_epoch: int, num_e
 
   def group_of(tree):
     return jax.tree_util.tree_map(
-        lambda b, k, f: '_frozen' if f else ('bias' if b else 'weight') + ('_backbone' if k else ''),
-        bias_mask(tree), backbone_mask(tree), frozen_of(tree))
+        lambda b, k, f: '_frozen' if f else ('bias' if b else 'weight') + ('_feature' if k else ''),
+        bias_mask(tree), feature_mask(tree), frozen_of(tree))
 
   # Build every mask once now, so a bad predicate fails at construction, not inside jit.
   group_of(params)
   decay_of(params)
 
-  if optim_config.backbone_lr_factor <= 0:
-    raise ValueError(f'optim.backbone_lr_factor must be > 0, got {optim_config.backbone_lr_factor}')
+  if optim_config.feature_lr_factor <= 0:
+    raise ValueError(f'optim.feature_lr_factor must be > 0, got {optim_config.feature_lr_factor}')
   schedules = {}
   for kind, kind_factor in (('weight', 1.0), ('bias', optim_config.bias_lr_factor)):
-    for part, part_factor in (('', 1.0), ('_backbone', optim_config.backbone_lr_factor)):
+    for part, part_factor in (('', 1.0), ('_feature', optim_config.feature_lr_factor)):
       schedules[kind + part] = create_learning_rate_fn(
           optim_config, steps_per_epoch, num_epochs, lr_factor=kind_factor * part_factor)
   chain = [zero_frozen(frozen_of)]

@@ -153,3 +153,18 @@ def erase_fill(params: list[AugmentParams], image_shape: tuple[int, ...]) -> np.
   for b, p in enumerate(params):
     erase(fill[b], p)
   return fill
+
+
+def to_gray3(image: np.ndarray) -> np.ndarray:
+  """uint8 [H, W, 3] -> its luma in all three channels, PIL `convert('L')` exactly (ITU-R 601-2).
+
+  torchvision's RandomGrayscale (the DEEN / FSC-Net recipe) converts PIL images this way.
+  """
+  rgb = image.astype(np.uint32)
+  luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+  return np.repeat(luma.astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def grayscale_draw(seed: int, step: int, row: int, prob: float) -> bool:
+  """Whether training row `row` of step `step` is turned grey (its own stateless generator)."""
+  return prob > 0 and bool(np.random.default_rng([seed, step, row, 0x6A7]).random() < prob)

@@ -4,8 +4,9 @@ The contract of `input_pipeline.pipeline`, for single images with a modality ins
 triplets (`pipeline.make_train_stream` and friends hand cross-modality records to this module):
 
 Train: the batch at global step s is a pure function of (data.seed, s): `CrossModalSampler` picks
-P ids and K images per modality, and every row's flip / pad / crop draws from a generator seeded by
-(seed, s, row). A batch is the P x K modality-0 images (id-major) followed by the P x K modality-1
+P ids and K images per modality, and every row's flip / pad / crop / erasing (data.hflip_prob,
+pad_pixels, random_erasing_prob) and grey conversion (data.grayscale_prob, DEEN's RandomGrayscale)
+draw from generators seeded by (seed, s, row). A batch is the P x K modality-0 images (id-major) followed by the P x K modality-1
 images of the same ids in the same order:
 
     'image'    float32 [2 P K, H, W, 3]   normalised
@@ -127,13 +128,23 @@ def _train_source(records: Sequence[ImageRecord], data_config, process_index: in
     global_rows = np.concatenate([np.arange(row0, row0 + rows) + m * half for m in (0, 1)])
     images = [(store.get(int(i)),) for i in indices]
     rngs = [augment.row_rng(data_config.seed, step, int(r)) for r in global_rows]
-    (crops,), _ = augment.crop_batch(images, rngs, data_config)
-    return {'image': crops,
+    (crops,), (params,) = augment.crop_batch(images, rngs, data_config)
+    for row, r in enumerate(global_rows):
+      if augment.grayscale_draw(data_config.seed, step, int(r), data_config.grayscale_prob):
+        crops[row] = augment.to_gray3(crops[row])
+    extra = {}
+    if data_config.random_erasing_prob > 0:
+      extra['image_erase'] = augment.erase_fill(params, crops.shape[1:])
+    return {'image': crops, **extra,
             'modality': np.repeat(np.arange(2, dtype=np.int32), rows),
             'pid': np.asarray([records[i].pid for i in indices], np.int32),
             'camid': np.asarray([records[i].camid for i in indices], np.int32)}
 
-  return raw_fn, _signature(2 * rows, data_config.image_size, False)
+  signature = _signature(2 * rows, data_config.image_size, False)
+  if data_config.random_erasing_prob > 0:
+    h, w = data_config.image_size
+    signature['image_erase'] = tf.TensorSpec([2 * rows, h, w, 3], tf.float32)
+  return raw_fn, signature
 
 
 def make_train_batch_fn(records, data_config, process_index: int = 0, process_count: int = 1):

@@ -102,3 +102,17 @@ def test_normalize_maps_the_uint8_range_through_mean_and_std():
   out = augment.normalize(x, (0.5, 0.5, 0.2), (0.5, 0.25, 0.2))
   assert out.dtype == np.float32
   np.testing.assert_allclose(out, [[[-1.0, 2.0, 0.0]]], atol=1e-6)
+
+
+def test_gray_conversion_is_pils():
+  from PIL import Image
+  image = np.random.default_rng(4).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+  expected = np.asarray(Image.fromarray(image).convert('L'))
+  gray = augment.to_gray3(image)
+  assert gray.shape == (5, 7, 3)
+  for c in range(3):
+    np.testing.assert_array_equal(gray[..., c], expected)
+  draws = [augment.grayscale_draw(0, 3, row, 0.5) for row in range(400)]
+  assert 0.4 < np.mean(draws) < 0.6 and draws == [augment.grayscale_draw(0, 3, r, 0.5)
+                                                  for r in range(400)]
+  assert not any(augment.grayscale_draw(0, 3, row, 0.0) for row in range(50))

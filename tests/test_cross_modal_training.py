@@ -56,7 +56,7 @@ def test_synthetic_layouts_read_with_the_real_readers(sysu_root, tmp_path):
 
 
 def test_train_batches_are_aligned_halves_and_the_stream_is_the_batch_function(sysu_root):
-  config = tiny_agw_config(sysu_root)
+  config = tiny_agw_config(sysu_root, data__random_erasing_prob=0.5, data__grayscale_prob=0.5)
   splits = cross_modal_pipeline.load_splits(config.data)
   batch_fn = pipeline.make_train_batch_fn(splits.train, config.data)
   stream = pipeline.make_train_stream(splits.train, config.data, start_step=5)
@@ -117,3 +117,17 @@ def test_agw_trains_and_evaluates_under_the_sysu_protocol(sysu_root, tmp_path, c
   losses = [float(line.split('loss ')[1].split()[0]) for line in out.splitlines()
             if line.startswith('step ')]
   assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_deen_trains_a_few_steps_and_evaluates(sysu_root, tmp_path, capsys):
+  from configs import _deen_recipe  # pylint: disable=g-import-not-at-top
+  config = _deen_recipe.get_deen_config('sysu_mm01', 'sysu_single')
+  small = tiny_agw_config(sysu_root)
+  for group in ('data', 'train'):
+    config[group].update(small[group].to_dict())
+  config.model.depth, config.model.width_multiplier = 18, 0.125
+  config.train.max_steps = 2
+  final = train.train_and_evaluate(config, str(tmp_path / 'deen'))
+  out = capsys.readouterr().out
+  assert 'deen on sysu_mm01' in out and 'cpm' in out
+  assert 0 < final['test/mAP'] <= 1

@@ -309,3 +309,49 @@ def test_the_smp_threshold_is_never_weight_decayed():
   mask = optim.decay_mask(params)
   assert not mask['mfmp']['threshold']
   assert mask['mfmp']['fmi']['conv']['kernel']
+
+
+# ------------------------------------------------------------------ the AGW family's recipe
+def test_agw_schedule_hand_worked():
+  """lr(e) = peak (e + 1) / 10 for e < 10, peak until 20, x0.1 until 50, x0.01 after."""
+  config = make_optim_config(optimizer='sgd', base_lr=0.1, schedule='multistep', warmup_epochs=10,
+                             warmup_init_factor=0.0, decay_epochs=(20, 50), decay_factor=0.1)
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=3, num_epochs=81)
+  expected = {0: 0.01, 4: 0.05, 9: 0.1, 10: 0.1, 19: 0.1, 20: 0.01, 49: 0.01, 50: 0.001, 80: 0.001}
+  for epoch, want in expected.items():
+    for step in (3 * epoch, 3 * epoch + 2):
+      assert float(lr(step)) == pytest.approx(want, rel=1e-6), (epoch, step)
+
+
+def test_feature_lr_factor_spares_only_the_heads():
+  params = {'backbone': {'conv': {'kernel': jnp.ones((2, 2))}},
+            'mfa1': {'w': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}},
+            'head': {'classifier': {'kernel': jnp.ones((2, 2))}},
+            'head_rgb': {'bnneck': {'scale': jnp.ones(2)}}}
+  ones = jax.tree_util.tree_map(jnp.ones_like, params)
+  config = make_optim_config(optimizer='sgd', base_lr=0.1, weight_decay=0.0, decay_epochs=(),
+                             feature_lr_factor=0.1, bias_lr_factor=2.0)
+  updates = one_update(config, params, ones)
+  want = {'backbone/conv/kernel': -0.01, 'mfa1/w/kernel': -0.01, 'mfa1/w/bias': -0.02,
+          'head/classifier/kernel': -0.1, 'head_rgb/bnneck/scale': -0.1}
+  for name, value in want.items():
+    np.testing.assert_allclose(updates[name], np.full_like(updates[name], value), rtol=1e-6,
+                               err_msg=name)
+  with pytest.raises(ValueError, match='optim.feature_lr_factor'):
+    optim.create_optimizer(make_optim_config(feature_lr_factor=0.0), params, 1, 1)
+
+
+def test_nesterov_sgd_matches_torch_formula():
+  """torch SGD(nesterov=True): buf = m buf + d; p -= lr (d + m buf)."""
+  params = {'w': jnp.asarray(np.random.default_rng(3).normal(size=(4,)), jnp.float32)}
+  grads_seq = random_grads(params, 3)
+  config = make_optim_config(optimizer='sgd', base_lr=0.05, weight_decay=0.01, nesterov=True,
+                             decay_epochs=(), decay_all_params=True)
+  got = run_optax(optim.create_optimizer(config, params, 10, 4), params, grads_seq)
+  p = np.array(params['w'], np.float64)
+  buf = None
+  for g in grads_seq:
+    d = np.asarray(g['w'], np.float64) + 0.01 * p
+    buf = d if buf is None else 0.9 * buf + d
+    p = p - 0.05 * (d + 0.9 * buf)
+  np.testing.assert_allclose(got['w'], p, rtol=1e-5)

@@ -115,6 +115,8 @@ def copy_resnet_into_two_stems(variables: Mapping[str, Any], backbone: Mapping[s
     for name in ('stem_0', 'stem_1'):
       _assign(target, name, source['stem'], f'{collection}/stem')
     for s in range(1, 5):
+      if f'layer{s}' not in target:   # a model without this stage (DEEN for RegDB: no layer4)
+        continue
       layer = dict(target[f'layer{s}'])
       for block, value in source[f'layer{s}'].items():
         _assign(layer, block, value, f'{collection}/layer{s}/{block}')

@@ -154,11 +154,21 @@ class TwoStemResNet(nn.Module):
                                   name=f'layer{s + 1}'))
     self.stages = stages
 
+  def forward_stem(self, x: jax.Array, modality: jax.Array, train: bool) -> jax.Array:
+    """`[B, H, W, 3], [B] -> [B, H/4, W/4, 64 m]`: each row through its modality's stem."""
+    return route_stems(x.astype(self.dtype), modality, (self.stem_0, self.stem_1), train)
+
+  def forward_stage(self, index: int, x: jax.Array, train: bool) -> jax.Array:
+    """Shared stage `index` (1..4, torchvision's `layer{index}`); plug-ins go between calls."""
+    if not 1 <= index <= 4:
+      raise ValueError(f'stage index {index!r} must be in 1..4')
+    return self.stages[index - 1](x, train)
+
   def __call__(self, x: jax.Array, modality: jax.Array, train: bool = False,
                return_stages: bool = False):
-    x = route_stems(x.astype(self.dtype), modality, (self.stem_0, self.stem_1), train)
+    x = self.forward_stem(x, modality, train)
     outputs = []
-    for stage in self.stages:
-      x = stage(x, train)
+    for index in range(1, 5):
+      x = self.forward_stage(index, x, train)
       outputs.append(x)
     return tuple(outputs) if return_stages else x

@@ -1,0 +1,242 @@
+"""DEEN: diverse embedding expansion (Zhang & Wang, CVPR 2023), the AGW-family skeleton FSC-Net uses.
+
+    image, modality -> stems (per modality) -> layer1 -> MFA1 -> layer2 -> MFA2 -> layer3 -> MFA3
+    -> DEE (batch x 3: [x; v1; v2]) -> layer4 -> GAP -> f [3B, C] -> BNNeck -> b -> classifier
+
+(RegDB, `dee_after_stage=2`: DEE right after MFA2, then layer3, no MFA3 and no layer4; C = 1024.)
+As the official code (reference §4.2; FSC-Net's first commit minus its three modules):
+
+* MFA block = CNL then PNL, both ending in BN with zero scale and bias (identity at init).
+  CNL (channel non-local): E = theta(x_h) phi(x_l)^T / C_l over channels, y = E g(x_l), z = x_h +
+  BN(W y) (phi and W with stride 2 when the low-level map is twice as large). PNL (position
+  non-local, r = 2) with the official code's row-major views of [C/2, N] tensors as [C, N/2]:
+  reproduced exactly by flattening in NCHW order (`_nchw_view`).
+* DEE: two branches b, each u_b = mean of three 3x3 convs (dilation 1, 2, 3; C -> C/4, no bias),
+  v_b = conv1x1(C/4 -> C)(ReLU(u_b)); output concat_batch(x, v1, v2), dropout 0.01; in training
+  and at test time.
+* Training outputs: 'features' {'pool': f [3B, C]}, 'logits' {'pool': [3B, classes]} (rows:
+  original, branch 1, branch 2, each in input order) and 'orthogonality' = sum_i <f_b1,i, f_b2,i>
+  / 3B (non-negative: f follows ReLU). The loss bundle tiles the labels three times.
+* Test embedding [B, 6C]: the L2-normalised pool and BN features of the three rows of each image,
+  concatenated; its dot product is the official sum of the six cosine similarities, so the
+  cosine / normalised-Euclidean ranking equals the official ranking (without the test-time flip).
+
+Loss (`deen_loss_bundle`): CE over the 3B rows + triplet (`loss.triplet_kind`, batch-hard margin
+0.3, un-normalised in DEEN; FSC-Net normalises) + cpm_weight x [CPM(orig, b1) + CPM(orig, b2)]
+(`losses.cpm_loss`, margin 0.2) + ort_weight x orthogonality.
+"""
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from facenet_jax import batches
+from facenet_jax import losses
+from facenet_jax.linalg import l2_normalize
+from facenet_jax.models import agw
+from facenet_jax.models import facenet
+from facenet_jax.models import heads
+from facenet_jax.models import registry
+from facenet_jax.models import resnet
+from facenet_jax.models import two_stem_resnet
+
+_check_choice = facenet._check_choice  # pylint: disable=protected-access
+BRANCH = 'pool'
+# Kaiming normal, fan_in (torch `kaiming_normal_(a=0, mode='fan_in')`, the official init of DEE).
+KAIMING = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+
+
+def _nchw_view(x: jax.Array, rows: int) -> jax.Array:
+  """`[B, H, W, C]` -> torch's `x.view(B, rows, -1)` of the NCHW tensor: `[B, rows, C H W / rows]`."""
+  b = x.shape[0]
+  return jnp.transpose(x, (0, 3, 1, 2)).reshape(b, rows, -1)
+
+
+def _from_nchw(y: jax.Array, channels: int, h: int, w: int) -> jax.Array:
+  """torch's `y.view(B, channels, h, w)` of a [B, ...] tensor, returned as NHWC."""
+  return jnp.transpose(y.reshape(y.shape[0], channels, h, w), (0, 2, 3, 1))
+
+
+def _zero_bn(train: bool, dtype, name: str) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=resnet.BN_MOMENTUM,
+                      epsilon=resnet.BN_EPSILON, dtype=dtype, param_dtype=jnp.float32,
+                      scale_init=nn.initializers.zeros, bias_init=nn.initializers.zeros, name=name)
+
+
+def _conv1x1(features: int, dtype, name: str, stride: int = 1) -> nn.Conv:
+  return nn.Conv(features, (1, 1), strides=(stride, stride), padding='VALID', dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
+
+
+class CNL(nn.Module):
+  """Channel non-local: `(x_h [B, Hh, Wh, Ch], x_l [B, Hl, Wl, Cl]) -> [B, Hh, Wh, Ch]`."""
+  high_dim: int
+  low_dim: int
+  downsample: bool = False     # the official flag 1: x_l is twice the size of x_h
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_h, x_l, train: bool):
+    stride = 2 if self.downsample else 1
+    _, hl, wl, _ = x_l.shape
+    g = _nchw_view(_conv1x1(self.low_dim, self.dtype, 'g')(x_l), self.low_dim)       # [B, Cl, Nl]
+    theta = _nchw_view(_conv1x1(self.low_dim, self.dtype, 'theta')(x_h), self.low_dim)
+    phi = _nchw_view(_conv1x1(self.low_dim, self.dtype, 'phi', stride)(x_l), self.low_dim)
+    energy = jnp.einsum('bin,bjn->bij', theta, phi)                                 # [B, Cl, Cl]
+    y = jnp.einsum('bij,bjn->bin', energy / energy.shape[-1], g)                    # [B, Cl, Nl]
+    y = _from_nchw(y, self.low_dim, hl, wl)
+    w_y = _conv1x1(self.high_dim, self.dtype, 'w', stride)(y)
+    return x_h + _zero_bn(train, self.dtype, 'w_bn')(w_y)
+
+
+class PNL(nn.Module):
+  """Position non-local (r = 2) with the official views: `(x_h, x_l) -> [B, Hh, Wh, Ch]`."""
+  high_dim: int
+  low_dim: int
+  reduction: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_h, x_l, train: bool):
+    _, hh, wh, _ = x_h.shape
+    inter = self.low_dim // self.reduction
+    g = _nchw_view(_conv1x1(inter, self.dtype, 'g')(x_l), self.low_dim)            # [B, Cl, Nl/2]
+    theta = _nchw_view(_conv1x1(inter, self.dtype, 'theta')(x_h), self.low_dim)    # [B, Cl, Nh/2]
+    phi = _nchw_view(_conv1x1(inter, self.dtype, 'phi')(x_l), self.low_dim)        # [B, Cl, Nl/2]
+    energy = jnp.einsum('bci,bcj->bij', theta, phi)                                 # [B, Nh/2, Nl/2]
+    y = jnp.einsum('bij,bcj->bic', energy / energy.shape[-1], g)                    # [B, Nh/2, Cl]
+    y = _from_nchw(jnp.transpose(y, (0, 2, 1)), inter, hh, wh)
+    w_y = _conv1x1(self.high_dim, self.dtype, 'w')(y)
+    return x_h + _zero_bn(train, self.dtype, 'w_bn')(w_y)
+
+
+class MFA(nn.Module):
+  """Multi-feature aggregation: CNL then PNL of the stage output with the previous map."""
+  high_dim: int
+  low_dim: int
+  downsample: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_h, x_l, train: bool):
+    z = CNL(self.high_dim, self.low_dim, self.downsample, self.dtype, name='cnl')(x_h, x_l, train)
+    return PNL(self.high_dim, self.low_dim, dtype=self.dtype, name='pnl')(z, x_l, train)
+
+
+class DEEBranch(nn.Module):
+  """One embedding-expansion branch: `[B, h, w, C] -> [B, h, w, C]` (module docstring)."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    u = sum(nn.Conv(c // 4, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),
+                    use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                    kernel_init=KAIMING, name=f'dilated_{d}')(x) for d in (1, 2, 3)) / 3.0
+    return _conv1x1(c, self.dtype, 'expand')(nn.relu(u))
+
+
+class DEE(nn.Module):
+  """`[B, h, w, C] -> [3B, h, w, C]`: the input, then branch 1's and branch 2's embeddings."""
+  dropout: float = 0.01
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    out = jnp.concatenate([x, DEEBranch(self.dtype, name='branch_1')(x),
+                           DEEBranch(self.dtype, name='branch_2')(x)])
+    return nn.Dropout(self.dropout, deterministic=not train)(out)
+
+
+# The MFA blocks after stages 1..3 (high = stage output, low = previous map), ResNet-50 widths.
+def _mfa_dims(depth: int, width_multiplier: float) -> tuple[tuple[int, int], ...]:
+  stem = resnet.scaled_width(resnet.STEM_WIDTH, width_multiplier)
+  stages = resnet.stage_channels(depth, width_multiplier)
+  return ((stages[0], stem), (stages[1], stages[0]), (stages[2], stages[1]))
+
+
+class DEEN(nn.Module):
+  """See the module docstring. `apply(variables, image, modality, train, rngs={'dropout'})`."""
+  num_classes: int
+  depth: int = 50
+  last_stride: int = 1
+  width_multiplier: float = 1.0
+  dtype: str = 'float32'
+  dee_after_stage: int = 3          # 3: SYSU-MM01 / LLCM; 2: RegDB (no MFA3, no layer4)
+  dee_dropout: float = 0.01
+
+  def __post_init__(self):
+    _check_choice(self.dtype, tuple(facenet.DTYPES), 'dtype')
+    _check_choice(self.dee_after_stage, (2, 3), 'dee_after_stage')
+    _check_choice(self.last_stride, (1, 2), 'last_stride')
+    resnet.check_depth(self.depth)
+    resnet.check_width_multiplier(self.width_multiplier)
+    if not 0 <= self.dee_dropout < 1:
+      raise ValueError(f'config.model.dee_dropout={self.dee_dropout!r} must be in [0, 1)')
+    if self.num_classes < 1:
+      raise ValueError(f'num_classes={self.num_classes!r} must be >= 1')
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, image: jax.Array, modality: jax.Array, train: bool = False) -> dict[str, Any]:
+    dtype = facenet.DTYPES[self.dtype]
+    backbone = two_stem_resnet.TwoStemResNet(self.depth, self.last_stride, self.width_multiplier,
+                                             dtype=dtype, name='backbone')
+    dims = _mfa_dims(self.depth, self.width_multiplier)
+    low = backbone.forward_stem(image, modality, train)
+    for stage in range(1, self.dee_after_stage + 1):
+      high = backbone.forward_stage(stage, low, train)
+      low = MFA(*dims[stage - 1], downsample=stage > 1, dtype=dtype,
+                name=f'mfa{stage}')(high, low, train)
+    x = DEE(self.dee_dropout, dtype, name='dee')(low, train)
+    for stage in range(self.dee_after_stage + 1, 4 if self.dee_after_stage == 2 else 5):
+      x = backbone.forward_stage(stage, x, train)
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))                          # GAP [3B, C]
+    head = {BRANCH: heads.BNNeckHead(self.num_classes, dtype, name='head')}
+    out = heads.branch_outputs({BRANCH: pooled}, head, 'before', train)
+    b = image.shape[0]
+    b1, b2 = pooled[b:2 * b], pooled[2 * b:]
+    out['orthogonality'] = jnp.sum(b1 * b2) / pooled.shape[0]
+    rows = [pooled[i * b:(i + 1) * b] for i in range(3)] + \
+        [out['bn_features'][BRANCH][i * b:(i + 1) * b] for i in range(3)]
+    out['embedding'] = jnp.concatenate([l2_normalize(r) for r in rows], axis=-1)
+    return out
+
+
+def deen_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
+                     loss_config: ml_collections.ConfigDict
+                     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """'id', 'triplet' over the 3B rows, 'cpm' (orig vs each branch) and 'orthogonality'.
+
+  batch['pid']: [B] labels, B = 2 N with the N modality-0 rows first and the N modality-1 rows of
+  the same ids in the same order after them (the cross-modality stream's layout, which CPM's
+  per-identity centres rely on, as the official code's chunking).
+  """
+  if loss_config.ic:
+    raise ValueError('config.loss.ic=True: the IC loss compares FACENet branches; set it to '
+                     'False for DEEN')
+  labels = batch['pid']
+  tiled = jnp.concatenate([labels] * 3)
+  terms, metrics = facenet.reid_terms(outputs, tiled, loss_config, (BRANCH,))
+  f = outputs['features'][BRANCH]
+  b = labels.shape[0]
+  orig, br1, br2 = f[:b], f[b:2 * b], f[2 * b:]
+  cpm = (losses.cpm_loss(jnp.concatenate([orig, br1]), jnp.concatenate([labels, labels]),
+                         loss_config.cpm_margin) +
+         losses.cpm_loss(jnp.concatenate([orig, br2]), jnp.concatenate([labels, labels]),
+                         loss_config.cpm_margin))
+  metrics['cpm'] = cpm
+  metrics['orthogonality'] = outputs['orthogonality']
+  terms['cpm'] = loss_config.cpm_weight * cpm
+  terms['orthogonality'] = loss_config.ort_weight * outputs['orthogonality']
+  return ({k: v.astype(jnp.float32) for k, v in terms.items()},
+          {k: v.astype(jnp.float32) for k, v in metrics.items()})
+
+
+registry.register(registry.ModelSpec(
+    name='deen', module=DEEN, loss_bundle=deen_loss_bundle, batch=batches.CROSS_MODAL_IMAGES,
+    load_pretrained=agw.load_imagenet_backbone,
+    description='DEEN: two-stem ResNet-50, MFA blocks, DEE (batch x3); CE + triplet + CPM + ort'))
