@@ -181,3 +181,113 @@ def test_bad_fields_name_the_config_field():
     _tiny_agw(pooling='max')
   with pytest.raises(ValueError, match='config.model.gem_p'):
     _tiny_agw(gem_p=0.0)
+
+
+# ------------------------------------------------------------------ PyTorch parity (parity extra)
+def _torch_agw(torch, num_classes: int, inter_of):
+  """The official AGW `embed_net` (non-local on, GeM, BNNeck) in PyTorch, at eval."""
+  from tests.test_pretrained import _torch_resnet  # pylint: disable=g-import-not-at-top
+  nn = torch.nn
+
+  class NonLocal(nn.Module):
+    def __init__(self, c):
+      super().__init__()
+      self.inter = inter_of(c)
+      self.g = nn.Conv2d(c, self.inter, 1)
+      self.theta = nn.Conv2d(c, self.inter, 1)
+      self.phi = nn.Conv2d(c, self.inter, 1)
+      self.W = nn.Sequential(nn.Conv2d(self.inter, c, 1), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+      b = x.size(0)
+      g_x = self.g(x).view(b, self.inter, -1).permute(0, 2, 1)
+      theta_x = self.theta(x).view(b, self.inter, -1).permute(0, 2, 1)
+      phi_x = self.phi(x).view(b, self.inter, -1)
+      f = torch.matmul(theta_x, phi_x)
+      y = torch.matmul(f / f.size(-1), g_x).permute(0, 2, 1).contiguous()
+      return self.W(y.view(b, self.inter, *x.size()[2:])) + x
+
+  class AGW(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.visible = _torch_resnet(torch, 50, 1)
+      self.thermal = _torch_resnet(torch, 50, 1)
+      self.base = _torch_resnet(torch, 50, 1)
+      self.NL_2 = nn.ModuleList([NonLocal(512) for _ in range(2)])
+      self.NL_3 = nn.ModuleList([NonLocal(1024) for _ in range(3)])
+      self.bottleneck = nn.BatchNorm1d(2048)
+      self.classifier = nn.Linear(2048, num_classes, bias=False)
+
+    def forward(self, x, modal):
+      s = self.visible if modal == 0 else self.thermal
+      x = s.maxpool(s.relu(s.bn1(s.conv1(x))))
+      x = self.base.layer1(x)
+      for i, block in enumerate(self.base.layer2):
+        x = block(x)
+        if i in (2, 3):
+          x = self.NL_2[i - 2](x)
+      for i, block in enumerate(self.base.layer3):
+        x = block(x)
+        if i in (3, 4, 5):
+          x = self.NL_3[i - 3](x)
+      x = self.base.layer4(x)
+      pool = (torch.mean(x.view(x.size(0), x.size(1), -1) ** 3, dim=-1) + 1e-12) ** (1 / 3)
+      return pool, self.bottleneck(pool)
+
+  return AGW()
+
+
+def _bn(m):
+  return ({'scale': m.weight.detach().numpy(), 'bias': m.bias.detach().numpy()},
+          {'mean': m.running_mean.numpy(), 'var': m.running_var.numpy()})
+
+
+def _conv1x1(m):
+  return {'kernel': m.weight.detach().numpy().transpose(2, 3, 1, 0), 'bias': m.bias.detach().numpy()}
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize('one_channel', [False, True])
+def test_agw_forward_matches_the_official_pytorch_model(one_channel):
+  torch = pytest.importorskip('torch')
+  from facenet_jax import pretrained  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  net = _torch_agw(torch, 7, (lambda c: 1) if one_channel else (lambda c: c // 2)).eval()
+  with torch.no_grad():
+    for m in net.modules():   # non-trivial BatchNorm everywhere (also the non-local W-BN)
+      if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+        m.running_mean.normal_(0, 0.1)
+        m.running_var.uniform_(0.5, 1.5)
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.normal_(0, 0.1)
+    net.bottleneck.bias.zero_()   # frozen at 0 in AGW; our BNNeck has no bias
+  model = agw.AGW(num_classes=7, bug_nonlocal_one_channel=one_channel)
+  variables = registry.init_variables(model, (64, 32), jax.random.PRNGKey(0))
+  sd = lambda m: {k: v.numpy() for k, v in m.state_dict().items()}
+  stems = [pretrained.convert_torchvision_resnet(sd(r), depth=50) for r in (net.visible, net.thermal)]
+  loaded = agw.copy_resnet_into_two_stems(
+      variables, pretrained.convert_torchvision_resnet(sd(net.base), depth=50))
+  params = jax.tree.map(np.asarray, loaded['params'])
+  stats = jax.tree.map(np.asarray, loaded['batch_stats'])
+  for m, stem in enumerate(stems):
+    params['backbone'][f'stem_{m}'] = stem['params']['stem']
+    stats['backbone'][f'stem_{m}'] = stem['batch_stats']['stem']
+  for layer, blocks, position in (('layer2', net.NL_2, (2, 3)), ('layer3', net.NL_3, (3, 4, 5))):
+    for nl, j in zip(blocks, position):
+      bn_params, bn_stats = _bn(nl.W[1])
+      params['backbone'][layer][f'nonlocal_{j}'] = {
+          'g': _conv1x1(nl.g), 'theta': _conv1x1(nl.theta), 'phi': _conv1x1(nl.phi),
+          'w': _conv1x1(nl.W[0]), 'w_bn': bn_params}
+      stats['backbone'][layer][f'nonlocal_{j}'] = {'w_bn': bn_stats}
+  bn_params, bn_stats = _bn(net.bottleneck)
+  params['head'] = {'bnneck': {'scale': bn_params['scale']},
+                    'classifier': {'kernel': net.classifier.weight.detach().numpy().T}}
+  stats['head'] = {'bnneck': bn_stats}
+  x = np.random.default_rng(1).normal(size=(2, 3, 64, 32)).astype(np.float32)
+  for modality in (0, 1):
+    with torch.no_grad():
+      pool, feat = (t.numpy() for t in net(torch.from_numpy(x), modality))
+    out = model.apply({'params': params, 'batch_stats': stats}, x.transpose(0, 2, 3, 1),
+                      jnp.full((2,), modality), train=False)
+    np.testing.assert_allclose(out['features']['pool'], pool, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(out['embedding'], feat, rtol=2e-4, atol=2e-4)
