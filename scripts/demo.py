@@ -108,7 +108,9 @@ def main(argv):
       {'test': result['metrics']},
       f'Synthetic test split, best-by-{"test" if _TASK.value == "cross_modal" else "validation"}'
       f' checkpoint (step {result["step"]}), percent'))
-  console.say(f'Chance on this gallery ({len(exp.query)} queries x {len(exp.gallery)} gallery): '
+  gallery = (f'{len(exp.gallery)} gallery candidates, the same trials'
+             if _TASK.value == 'cross_modal' else f'{len(exp.gallery)} gallery')
+  console.say(f'Chance on this gallery ({len(exp.query)} queries x {gallery}): '
               f'mAP {100 * chance_map:.2f}, R-1 {100 * chance_r1:.2f}')
   console.say(f'Wall time: {train_time / 60:.1f} min training (incl. data generation), '
               f'{(time.time() - start) / 60:.1f} min in all')
