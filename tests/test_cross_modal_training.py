@@ -1,5 +1,10 @@
 """The cross-modality path end to end: synthetic sets, streams, AGW steps, protocol evaluation."""
 
+import json
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -15,6 +20,8 @@ from input_pipeline import cross_modal
 from input_pipeline import cross_modal_pipeline
 from input_pipeline import pipeline
 from input_pipeline import synthetic_cross_modal
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope='module')
@@ -117,6 +124,14 @@ def test_agw_trains_and_evaluates_under_the_sysu_protocol(sysu_root, tmp_path, c
   losses = [float(line.split('loss ')[1].split()[0]) for line in out.splitlines()
             if line.startswith('step ')]
   assert len(losses) == 4 and losses[-1] < losses[0]
+  # The fold average of RegDB's protocol reads each run's metrics at its best checkpoint.
+  proc = subprocess.run([sys.executable, 'scripts/average_folds.py', str(tmp_path / 'run'),
+                         str(tmp_path / 'run'), '--json', str(tmp_path / 'folds.json')],
+                        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+  assert proc.returncode == 0, proc.stderr
+  folds = json.loads((tmp_path / 'folds.json').read_text())
+  assert folds['mean']['mAP'] == pytest.approx(final['test/mAP']) and folds['std']['mAP'] == 0
+  assert f'{100 * final["test/mAP"]:.2f}' in proc.stdout.splitlines()[-2]
 
 
 def test_deen_trains_a_few_steps_and_evaluates(sysu_root, tmp_path, capsys):
