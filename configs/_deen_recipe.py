@@ -1,5 +1,5 @@
 """DEEN's official training recipe (reference §4.4; FSC-Net trains with the same script), shared by
-the DEEN dataset configs.
+the DEEN and FSC-Net dataset configs.
 
 384x144 input; P x K = 6 x 4 per modality; zero pad 10, RandomGrayscale(0.5), random crop, flip,
 ImageNet mean/std, random erasing 0.5; SGD Nesterov 0.9, weight decay 5e-4 on every parameter,
@@ -18,7 +18,11 @@ from configs import default
 
 
 def get_deen_config(dataset: str, protocol: str):
-  config = _agw_recipe.apply(default.get_config('deen'), dataset, protocol)
+  return apply_deen(default.get_config('deen'), dataset, protocol)
+
+
+def apply_deen(config, dataset: str, protocol: str):
+  config = _agw_recipe.apply(config, dataset, protocol)
   config.data.image_size = (384, 144)
   config.data.num_ids_per_batch = 6
   config.data.num_instances = 4
@@ -32,4 +36,12 @@ def get_deen_config(dataset: str, protocol: str):
   config.loss.cpm_weight = 0.8
   config.loss.cpm_margin = 0.2
   config.loss.ort_weight = 0.01
+  return config
+
+
+def get_fsc_config(dataset: str, protocol: str):
+  """FSC-Net's recipe: DEEN's with the L2-normalised triplet and 150 epochs (e = 0..149)."""
+  config = apply_deen(default.get_config('fsc_net'), dataset, protocol)
+  config.loss.triplet_normalize = True
+  config.train.num_epochs = 150
   return config

@@ -120,13 +120,26 @@ def _deen_model() -> ml_collections.ConfigDict:
   return model
 
 
+def _fsc_net_model() -> ml_collections.ConfigDict:
+  """FSC-Net (`facenet_jax.models.fscnet.FSCNet`): DEEN + FSA / GCA / SPT in the DEE branches."""
+  model = _deen_model()
+  model.name = 'fsc_net'
+  model.fsa = True                  # frequency block (rfft2 attention) on/off
+  model.gca = True                  # gated channel block on/off
+  model.spt = True                  # spatial block on/off
+  model.gca_drop_path = 0.01        # DropPath rate inside GCA (official 0.01)
+  model.gca_drop_path_placement = 'after_residual'  # as coded | 'branch': the usual x + DropPath(y)
+  return model
+
+
 MODEL_CONFIGS = {'facenet': _facenet_model, 'facenet_vit': _facenet_vit_model,
-                 'single_stream': _single_stream_model, 'agw': _agw_model, 'deen': _deen_model}
+                 'single_stream': _single_stream_model, 'agw': _agw_model, 'deen': _deen_model,
+                 'fsc_net': _fsc_net_model}
 # Loss fields a model needs set otherwise than below: IC (Eq. 8) compares the RGB and NI branches,
 # which a single-stream model (and AGW, one branch) does not have; AGW's triplet is WRT.
 MODEL_LOSS_OVERRIDES = {'single_stream': {'ic': False},
                         'agw': {'ic': False, 'triplet_kind': 'wrt'},
-                        'deen': {'ic': False}}
+                        'deen': {'ic': False}, 'fsc_net': {'ic': False}}
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:

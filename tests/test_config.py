@@ -43,7 +43,7 @@ def test_every_config_keeps_the_default_schema(path):
   assert set(config.model.keys()) == set(default.model_config(config.model.name).keys())
 
 
-@pytest.mark.parametrize('name', ['facenet', 'facenet_vit', 'single_stream', 'agw', 'deen'])
+@pytest.mark.parametrize('name', ['facenet', 'facenet_vit', 'single_stream', 'agw', 'deen', 'fsc_net'])
 def test_a_model_config_group_holds_exactly_its_module_fields(name):
   """Config fields are module fields: nothing to copy by hand, nothing silently ignored."""
   from configs import default  # pylint: disable=g-import-not-at-top

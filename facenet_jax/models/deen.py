@@ -127,27 +127,36 @@ class MFA(nn.Module):
 
 
 class DEEBranch(nn.Module):
-  """One embedding-expansion branch: `[B, h, w, C] -> [B, h, w, C]` (module docstring)."""
+  """One embedding-expansion branch: `[B, h, w, C] -> [B, h, w, C]` (module docstring).
+
+  `refine(u, train)`, when given, maps the C/4-channel map u before the ReLU (FSC-Net's
+  FSA -> GCA -> SPT, `fscnet.FSCRefinement`); DEEN has none.
+  """
   dtype: Any = jnp.float32
+  refine: Any = None    # a module factory: () -> nn.Module with __call__(u, train)
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     c = x.shape[-1]
     u = sum(nn.Conv(c // 4, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),
                     use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                     kernel_init=KAIMING, name=f'dilated_{d}')(x) for d in (1, 2, 3)) / 3.0
-    return _conv1x1(c, self.dtype, 'expand')(nn.relu(u))
+    if self.refine is not None:
+      u = self.refine(name='refine')(u, train)
+    return nn.Conv(c, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, kernel_init=KAIMING,
+                   name='expand')(nn.relu(u))
 
 
 class DEE(nn.Module):
   """`[B, h, w, C] -> [3B, h, w, C]`: the input, then branch 1's and branch 2's embeddings."""
   dropout: float = 0.01
   dtype: Any = jnp.float32
+  refine: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    out = jnp.concatenate([x, DEEBranch(self.dtype, name='branch_1')(x),
-                           DEEBranch(self.dtype, name='branch_2')(x)])
+    out = jnp.concatenate([x, DEEBranch(self.dtype, self.refine, name='branch_1')(x, train),
+                           DEEBranch(self.dtype, self.refine, name='branch_2')(x, train)])
     return nn.Dropout(self.dropout, deterministic=not train)(out)
 
 
@@ -180,6 +189,11 @@ class DEEN(nn.Module):
       raise ValueError(f'num_classes={self.num_classes!r} must be >= 1')
     super().__post_init__()
 
+  def branch_refinement(self, dtype):
+    """What runs inside each DEE branch on the C/4 map: nothing in DEEN (FSC-Net overrides)."""
+    del dtype
+    return None
+
   @nn.compact
   def __call__(self, image: jax.Array, modality: jax.Array, train: bool = False) -> dict[str, Any]:
     dtype = facenet.DTYPES[self.dtype]
@@ -191,7 +205,7 @@ class DEEN(nn.Module):
       high = backbone.forward_stage(stage, low, train)
       low = MFA(*dims[stage - 1], downsample=stage > 1, dtype=dtype,
                 name=f'mfa{stage}')(high, low, train)
-    x = DEE(self.dee_dropout, dtype, name='dee')(low, train)
+    x = DEE(self.dee_dropout, dtype, self.branch_refinement(dtype), name='dee')(low, train)
     for stage in range(self.dee_after_stage + 1, 4 if self.dee_after_stage == 2 else 5):
       x = backbone.forward_stage(stage, x, train)
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))                          # GAP [3B, C]
