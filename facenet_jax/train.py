@@ -56,7 +56,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     if distributed.is_chief():
       changes = workdir_lib.record_config(workdir_path, config, allow_config_change)
-      if changes:
+      if changes and all(recorded == workdir_lib.ABSENT for _, recorded, _ in changes):
+        console.say('config fields added to the library since this run started (their defaults '
+                    f'keep its behaviour; recorded in {workdir_lib.HISTORY_FILE}): '
+                    + ', '.join(k for k, _, _ in changes))
+      elif changes:
         console.say(f'config changed at resume (recorded in {workdir_lib.HISTORY_FILE}): '
                     f'{workdir_lib.format_differences(changes)}')
     trainer = _Trainer(exp or experiment.build_experiment(config), workdir_path,

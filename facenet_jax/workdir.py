@@ -4,6 +4,12 @@
     <workdir>/config.json           the config the run was trained with (written once)
     <workdir>/config_history.jsonl  every accepted change, one JSON line each (--allow_config_change)
 
+On resume the given config must equal the recorded one, with one exception: a field the record
+does not have at all was added to the library after the run started. New fields default to the
+behaviour the code had before they existed (a project rule), so such a resume continues; the
+added fields are printed and appended to the history file. A recorded field that differs or is
+gone is refused unless --allow_config_change.
+
 The lock is a file created exclusively (O_EXCL), so two trainers cannot both hold it. A lock whose
 holder is a dead process on this host is stale: it is replaced, with a notice. A lock held from
 another host cannot be checked and is never taken over (the message says which file to delete).
@@ -23,6 +29,7 @@ import ml_collections
 LOCK_FILE = '.lock'
 CONFIG_FILE = 'config.json'
 HISTORY_FILE = 'config_history.jsonl'
+ABSENT = '(absent)'   # how a field missing on one side of a comparison is shown
 
 
 class WorkdirLockedError(RuntimeError):
@@ -131,8 +138,7 @@ def config_differences(recorded: dict[str, Any], given: dict[str, Any]
                        ) -> list[tuple[str, Any, Any]]:
   """[(dotted field, recorded value, given value)] of two JSON configs, sorted by field."""
   a, b = _flat(recorded), _flat(given)
-  absent = '(absent)'
-  return [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b))
+  return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(set(a) | set(b))
           if k not in a or k not in b or a[k] != b[k]]
 
 
@@ -173,6 +179,9 @@ def record_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
   diffs = config_differences(recorded, given)
   if not diffs:
     return []
+  added = [d for d in diffs if d[1] == ABSENT]
+  if len(added) == len(diffs):   # only fields newer than the run: their defaults keep its behaviour
+    allow_change = True
   if not allow_change:
     raise ConfigMismatchError(
         f'{path}: the run in {workdir} was trained with another config; differing fields: '

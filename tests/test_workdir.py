@@ -64,6 +64,25 @@ def test_a_resume_with_another_config_is_refused_unless_allowed_and_then_recorde
   assert workdir.load_recorded_config(tmp_path).data.image_size == (64, 32)
 
 
+def test_fields_added_to_the_library_after_the_run_started_do_not_block_its_resume(tmp_path):
+  """A field the record lacks is new code whose default keeps the old behaviour: continue, note it.
+  A field the record has but the config lacks (or a changed value) is still refused."""
+  config = tiny_config('/data')
+  record = json.loads(json.dumps(workdir.config_as_json(config)))
+  del record['loss']['cpm_weight']
+  (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(record))
+  changes = workdir.record_config(tmp_path, config)
+  assert changes == [('loss.cpm_weight', workdir.ABSENT, config.loss.cpm_weight)]
+  assert 'cpm_weight' in (tmp_path / workdir.HISTORY_FILE).read_text()
+  assert workdir.record_config(tmp_path, config) == []          # the record now has it
+  record = json.loads((tmp_path / workdir.CONFIG_FILE).read_text())
+  record['loss']['retired_field'] = 1
+  record['loss'].pop('ort_weight')
+  (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(record))
+  with pytest.raises(workdir.ConfigMismatchError, match='loss.retired_field: recorded 1, given'):
+    workdir.record_config(tmp_path, config)
+
+
 def test_metrics_rows_of_replayed_steps_are_dropped_and_a_cut_line_too(tmp_path):
   path = tmp_path / run_log.METRICS_FILE
   rows = [{'step': s, 'train/loss': float(s)} for s in (1, 2, 3, 4)]
