@@ -16,7 +16,11 @@ DATA_DIR ?= data/synthetic
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test lock clean
+.PHONY: demo test install install-test lock clean wheels bench-gpu
+
+# Pure-Python wheels a GPU machine without a registry lacks (it has jax, flax, optax, orbax, torch,
+# absl, PyYAML, Pillow; not ml_collections), for `benchmarks/gpu.sh` there (see BENCHMARKS.md).
+WHEELS := ml_collections==1.1.0
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +50,11 @@ lock: $(VENV)/.stamp-test
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+
+wheels: $(VENV)/bin/python
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 -d .whl $(WHEELS)
+
+# The accelerator benchmark (SMALL=1 for its CPU-sized mode).
+bench-gpu: $(VENV)/.stamp-test
+	benchmarks/gpu.sh

@@ -266,10 +266,25 @@ def synthetic_train_batch(num_ids: int, num_instances: int, image_size: tuple[in
   return batch
 
 
-def run_train(args) -> None:
-  """Time the jitted train step (and the torch mirror with `--vs torch`); prints one report.
+def configure_train(config, batch: str = '', image_size: str = '', depth: int = 0, dtype: str = ''):
+  """Apply the `train` subcommand's shape options ('P,K', 'H,W', depth, 'bf16'|'f32') to a config."""
+  if batch:
+    config.data.num_ids_per_batch, config.data.num_instances = map(int, batch.split(','))
+  if image_size:
+    config.data.image_size = tuple(map(int, image_size.split(',')))
+  if depth:
+    config.model.depth = depth
+  if dtype:
+    config.model.dtype = {'bf16': 'bfloat16', 'f32': 'float32'}[dtype]
+  return config
 
-  (A benchmark script's main, kept linear so the printed report follows the code.)
+
+def measure_jax_train(config, num_classes: int, steps: int, peak_tflops: float = 0.0,
+                      log=print) -> dict:
+  """Compile and time the jitted train step of `config`'s model on device-resident batches.
+
+  (A benchmark's main part, kept linear so the logged lines follow the code.) Returns the
+  figures as a dict (times in seconds) plus 'host_batch' (a NumPy batch for the torch mirror).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -280,27 +295,17 @@ def run_train(args) -> None:
   from facenet_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from facenet_jax.train_state import create_train_state  # pylint: disable=g-import-not-at-top
 
-  config = _load_config(args.config, args.overrides)
-  if args.batch:
-    config.data.num_ids_per_batch, config.data.num_instances = map(int, args.batch.split(','))
-  if args.image_size:
-    config.data.image_size = tuple(map(int, args.image_size.split(',')))
-  if args.depth:
-    config.model.depth = args.depth
-  if args.dtype:
-    config.model.dtype = {'bf16': 'bfloat16', 'f32': 'float32'}[args.dtype]
   p, k = config.data.num_ids_per_batch, config.data.num_instances
   batch_size, image_size = p * k, tuple(config.data.image_size)
   device = jax.devices()[0]
   mesh = sharding.create_mesh()
   sharding.check_batch_divisible(batch_size, mesh, '--batch P,K')
-  print(f'device: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), '
-        f'jax {jax.__version__}; model {_model_name(config.model)} x3, {config.model.dtype}, '
-        f'{image_size[0]}x{image_size[1]}, batch {batch_size} (P={p} x K={k}), '
-        f'{args.num_classes} classes', flush=True)
-
+  log(f'device: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), '
+      f'jax {jax.__version__}; model {_model_name(config.model)} x3, {config.model.dtype}, '
+      f'{image_size[0]}x{image_size[1]}, batch {batch_size} (P={p} x K={k}), '
+      f'{num_classes} classes')
   spec = models.get_spec(config.model.name)
-  model = models.build_model(config.model, args.num_classes)
+  model = models.build_model(config.model, num_classes)
   steps_per_epoch = 100  # only shapes the LR schedule, which does not affect the timing
   lr_fn = optim.create_learning_rate_fn(config.optim, steps_per_epoch, config.train.num_epochs)
   t = time.perf_counter()
@@ -310,12 +315,11 @@ def run_train(args) -> None:
                               config.train.num_epochs)
   state = sharding.replicate(create_train_state(variables, tx, jax.random.PRNGKey(1)), mesh)
   del variables
-  host_batches = [synthetic_train_batch(p, k, image_size, args.num_classes, seed)
-                  for seed in range(2)]
+  host_batches = [synthetic_train_batch(p, k, image_size, num_classes, seed) for seed in range(2)]
   batches = [sharding.shard_batch(b, mesh) for b in host_batches]
   jax.block_until_ready((state, batches))
   num_params = models.parameter_counts(model, image_size)['total']
-  print(f'init: {time.perf_counter() - t:.1f} s; params {num_params:,} (JAX)', flush=True)
+  log(f'init: {time.perf_counter() - t:.1f} s; params {num_params:,} (JAX)')
 
   step = steps_lib.jit_train_step(
       steps_lib.make_train_step(model, spec, tx, config.loss, lr_fn), mesh)
@@ -325,7 +329,7 @@ def run_train(args) -> None:
   state, metrics = compiled(state, batches[0])  # first call: buffers, autotuning
   jax.block_until_ready((state, metrics))
   times = []
-  for i in range(args.steps):
+  for i in range(steps):
     t = time.perf_counter()
     state, metrics = compiled(state, batches[(i + 1) % len(batches)])
     jax.block_until_ready((state, metrics))
@@ -334,38 +338,66 @@ def run_train(args) -> None:
   if not np.isfinite(loss):
     raise FloatingPointError(f'train loss is not finite: {loss}')
   median = float(np.median(times))
-  analytic = flops_lib.train_step_flops(config.model, args.num_classes, image_size, batch_size)
+  analytic = flops_lib.train_step_flops(config.model, num_classes, image_size, batch_size)
   xla = flops_lib.xla_flops(compiled)
-  peak = _device_peak_tflops(device, config.model.dtype, args.peak_tflops)
+  peak = _device_peak_tflops(device, config.model.dtype, peak_tflops)
   mem_kind, mem_bytes = _peak_memory(device)
-  print(f'compile: {compile_s:.1f} s', flush=True)
-  print(f'step time (median of {args.steps}): {median * 1e3:.1f} ms  '
-        f'[min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}]; loss {loss:.4f}')
-  print(f'throughput: {batch_size / median:.2f} triplets/s, {3 * batch_size / median:.2f} images/s')
-  xla_text = f'{xla / 1e9:.1f} GFLOP' if xla is not None else 'unavailable'
-  print(f'model FLOPs/step: analytic {analytic / 1e9:.1f} GFLOP (conv+dense, 3 x forward); '
-        f'XLA cost_analysis {xla_text}')
   achieved = analytic / median / 1e12
-  if peak:
-    print(f'MFU: {100 * achieved / peak:.2f}% ({achieved:.3f} TFLOP/s of {peak:g} peak)')
-  else:
-    print(f'MFU: unknown (no peak for {device.device_kind!r}; pass --peak_tflops); achieved '
-          f'{achieved:.3f} TFLOP/s')
-  print(f'memory: {mem_kind} {mem_bytes / 2**30:.2f} GiB', flush=True)
+  return {'device': device.device_kind, 'backend': jax.default_backend(), 'jax': jax.__version__,
+          'model': _model_name(config.model), 'dtype': config.model.dtype,
+          'image_size': list(image_size), 'batch': [p, k], 'params': num_params,
+          'compile_s': compile_s, 'step_times_s': times, 'median_s': median,
+          'triplets_per_s': batch_size / median, 'loss': loss, 'analytic_flops': analytic,
+          'xla_flops': xla, 'achieved_tflops': achieved,
+          'mfu': achieved / peak if peak else None, 'peak_tflops': peak,
+          'memory_kind': mem_kind, 'memory_bytes': mem_bytes, 'host_batch': host_batches[0]}
 
+
+def measure_torch_train(config, num_classes: int, host_batch, steps: int,
+                        compile_model: bool = False) -> dict:
+  """The PyTorch mirror (`benchmarks/torch_facenet.py`) on the same batch: autocast bf16 when the
+  config's dtype is bfloat16, channels_last, optionally `torch.compile`d."""
+  from benchmarks import torch_facenet  # pylint: disable=g-import-not-at-top
+  res = torch_facenet.benchmark_torch(
+      config.model, num_classes, host_batch, steps, config.model.dtype,
+      lr=config.optim.base_lr, weight_decay=config.optim.weight_decay,
+      margin=config.loss.triplet_margin, compile_model=compile_model)
+  batch_size = config.data.num_ids_per_batch * config.data.num_instances
+  return {**res, 'triplets_per_s': batch_size / res['median_s'], 'compiled': compile_model}
+
+
+def run_train(args) -> None:
+  """Time the jitted train step (and the torch mirror with `--vs torch`); prints one report."""
+  config = configure_train(_load_config(args.config, args.overrides), args.batch,
+                           args.image_size, args.depth, args.dtype)
+  res = measure_jax_train(config, args.num_classes, args.steps, args.peak_tflops,
+                          log=lambda line: print(line, flush=True))
+  times, median = res['step_times_s'], res['median_s']
+  print(f'compile: {res["compile_s"]:.1f} s', flush=True)
+  print(f'step time (median of {args.steps}): {median * 1e3:.1f} ms  '
+        f'[min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}]; loss {res["loss"]:.4f}')
+  print(f'throughput: {res["triplets_per_s"]:.2f} triplets/s, '
+        f'{3 * res["triplets_per_s"]:.2f} images/s')
+  xla = res['xla_flops']
+  xla_text = f'{xla / 1e9:.1f} GFLOP' if xla is not None else 'unavailable'
+  print(f'model FLOPs/step: analytic {res["analytic_flops"] / 1e9:.1f} GFLOP (conv+dense, '
+        f'3 x forward); XLA cost_analysis {xla_text}')
+  if res['mfu'] is not None:
+    print(f'MFU: {100 * res["mfu"]:.2f}% ({res["achieved_tflops"]:.3f} TFLOP/s of '
+          f'{res["peak_tflops"]:g} peak)')
+  else:
+    print(f'MFU: unknown (no peak for {res["device"]!r}; pass --peak_tflops); achieved '
+          f'{res["achieved_tflops"]:.3f} TFLOP/s')
+  print(f'memory: {res["memory_kind"]} {res["memory_bytes"] / 2**30:.2f} GiB', flush=True)
   if args.vs == 'torch':
-    from benchmarks import torch_facenet  # pylint: disable=g-import-not-at-top
-    del state, batches, compiled
-    res = torch_facenet.benchmark_torch(
-        config.model, args.num_classes, host_batches[0], args.steps, config.model.dtype,
-        lr=config.optim.base_lr, weight_decay=config.optim.weight_decay,
-        margin=config.loss.triplet_margin, compile_model=args.torch_compile)
-    torch_tps = batch_size / res['median_s']
-    print(f'torch: device {res["device"]}, {res["threads"]} threads, params {res["params"]:,} '
-          f'(JAX {num_params:,}); warm-up '
-          f'{res["warmup_s"]:.1f} s; step time (median of {args.steps}): '
-          f'{res["median_s"] * 1e3:.1f} ms; {torch_tps:.2f} triplets/s; loss {res["loss"]:.4f}')
-    print(f'JAX/torch throughput: {res["median_s"] / median:.2f}x', flush=True)
+    torch_res = measure_torch_train(config, args.num_classes, res['host_batch'], args.steps,
+                                    args.torch_compile)
+    print(f'torch: device {torch_res["device"]}, {torch_res["threads"]} threads, params '
+          f'{torch_res["params"]:,} (JAX {res["params"]:,}); warm-up '
+          f'{torch_res["warmup_s"]:.1f} s; step time (median of {args.steps}): '
+          f'{torch_res["median_s"] * 1e3:.1f} ms; {torch_res["triplets_per_s"]:.2f} triplets/s; '
+          f'loss {torch_res["loss"]:.4f}')
+    print(f'JAX/torch throughput: {torch_res["median_s"] / median:.2f}x', flush=True)
 
 
 SUBCOMMANDS = {

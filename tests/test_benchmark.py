@@ -148,3 +148,23 @@ def test_train_benchmark_vs_torch(repo_root):
   params = re.search(r'params ([\d,]+) \(JAX ([\d,]+)\)', out)
   assert params and params.group(1) == params.group(2), out
   assert re.search(r'JAX/torch throughput: [\d.]+x', out)
+
+
+def test_gpu_suite_small_mode_writes_its_table_and_json(tmp_path, monkeypatch, capsys):
+  """`SMALL=1 benchmarks/gpu.sh` runs `gpu_suite --small`; here with one tiny ResNet case, the
+  tiny ViT and the eval case, so the script stays working where no accelerator is lent."""
+  import json  # pylint: disable=g-import-not-at-top
+  from benchmarks import gpu_suite  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(gpu_suite.SMALL, 'resnet', dict(depth=18, image_size='32,16', dtype='f32',
+                                                      batches=('2,2',), torch_compile=False))
+  monkeypatch.setitem(gpu_suite.SMALL, 'vit', dict(gpu_suite.SMALL['vit'], image_size='32,16',
+                                                   batch='2,2'))
+  rc = gpu_suite.main(['--small', '--steps', '1', '--num_classes', '8', '--out', str(tmp_path)])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  result = json.loads((tmp_path / 'gpu_suite_small.json').read_text())
+  cases = [r['case'] for r in result['rows']]
+  assert cases == ['facenet R18 32,16 2,2 f32', 'facenet R18 32,16 2,2 f32 torch eager',
+                   'facenet_vit 32,16 2,2 f32', 'eval 928 x 1309']
+  assert result['matmul_tflops'] > 0 and all('error' not in r for r in result['rows'])
+  assert 'JAX/torch' in out and re.search(r'torch eager .* \d+\.\d\dx\n', out)
