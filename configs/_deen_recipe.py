@@ -8,9 +8,10 @@ e < 10, peak until 20, x0.1 until 80, x0.01 after; 151 epochs (e = 0..150); CE +
 triplet (margin 0.3, un-normalised) + 0.8 CPM (margin 0.2) x 2 + 0.01 orthogonality. The official
 scripts test every epoch and keep the best test Rank-1; here every 5 epochs.
 
-Known differences: our random erasing fills with N(0, 1) noise over 2-40% of the image (Zhong et
-al.), the official fills with the ImageNet mean values over 20-80% (SYSU-MM01) or 2-40%; the
-official test adds the horizontally flipped image's features, which is not done here.
+The official test adds the features of the horizontally mirrored image and ranks by the summed
+similarities: `eval.flip_test=True` with `eval.distance='dot'` (set below). Known difference: our
+random erasing fills with N(0, 1) noise over 2-40% of the image (Zhong et al.); the official fills
+with the ImageNet mean values over 20-80% (SYSU-MM01) or 2-40%.
 """
 
 from configs import _agw_recipe
@@ -36,6 +37,8 @@ def apply_deen(config, dataset: str, protocol: str):
   config.loss.cpm_weight = 0.8
   config.loss.cpm_margin = 0.2
   config.loss.ort_weight = 0.01
+  config.eval.flip_test = True
+  config.eval.distance = 'dot'
   return config
 
 

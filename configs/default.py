@@ -251,10 +251,12 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   eval_ = config.eval = ml_collections.ConfigDict()
   eval_.distance = 'euclidean_normalized'  # squared Euclidean on the L2-normalised embedding (official)
                                     # | 'euclidean' (paper: plain Euclidean, no normalisation) | 'cosine'
+                                    # | 'dot' (-q.g, unnormalised: the AGW family's scripts)
   eval_.protocol = 'camera'         # junk rule: same pid & 'camera' (Market-1501) or same pid & 'scene';
                                     # cross-modality: 'sysu_single', 'sysu_multi', 'regdb', 'llcm', 'day_night'
   eval_.max_rank = 50               # CMC length
   eval_.cmc_mode = 'standard'       # or 'distinct_ids': the official SYSU-MM01/LLCM CMC (eval/protocols.py)
+  eval_.flip_test = False           # add the embedding of the mirrored image (DEEN / FSC-Net / TSME test scripts)
   eval_.query_chunk_size = 1024     # distances are computed this many queries at a time
   eval_.rerank = False              # k-reciprocal re-ranking
   eval_.rerank_k1 = 20

@@ -67,19 +67,32 @@ def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
   return {**metrics['logged'], **metrics['terms'], **flat}
 
 
+def flip_images(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """The batch with every image input ([B, H, W, C] arrays) mirrored left-right."""
+  return {k: (v[:, :, ::-1] if getattr(v, 'ndim', 0) == 4 else v) for k, v in batch.items()}
+
+
 def make_embed_step(model, spec: registry.ModelSpec,
-                    batch_transform: Callable[[dict], dict] | None = None):
+                    batch_transform: Callable[[dict], dict] | None = None,
+                    flip_test: bool = False):
   """`embed_step(variables, batch) -> {'embedding': [B, E]}` (+ `EMBED_EXTRAS` the model has).
 
   Eval mode (no batch-statistics update). `batch_transform` edits the batch inside the compiled
-  function (e.g. zeroing the flare bits to embed without test-time FCE).
+  function (e.g. zeroing the flare bits to embed without test-time FCE). `flip_test` adds the
+  embedding of the horizontally mirrored images (`eval.flip_test`, the AGW family's test-time
+  flip: the official DEEN / FSC-Net / TSME test scripts sum the two); the extras stay those of
+  the unmirrored images.
   """
 
   def embed_step(variables: Mapping[str, Any], batch: Mapping[str, jax.Array]):
     if batch_transform is not None:
       batch = batch_transform(dict(batch))
     outputs = model.apply(variables, *spec.batch.model_inputs(batch), train=False)
-    return {k: outputs[k] for k in ('embedding',) + EMBED_EXTRAS if k in outputs}
+    out = {k: outputs[k] for k in ('embedding',) + EMBED_EXTRAS if k in outputs}
+    if flip_test:
+      mirrored = model.apply(variables, *spec.batch.model_inputs(flip_images(batch)), train=False)
+      out['embedding'] = out['embedding'] + mirrored['embedding']
+    return out
 
   return embed_step
 

@@ -291,3 +291,16 @@ def test_agw_forward_matches_the_official_pytorch_model(one_channel):
                       jnp.full((2,), modality), train=False)
     np.testing.assert_allclose(out['features']['pool'], pool, rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(out['embedding'], feat, rtol=2e-4, atol=2e-4)
+
+
+def test_flip_test_adds_the_mirrored_images_embedding():
+  from facenet_jax import steps  # pylint: disable=g-import-not-at-top
+  model = _tiny_agw()
+  spec = registry.spec_of(model)
+  variables = registry.init_variables(model, (32, 16), jax.random.PRNGKey(0))
+  batch = {'image': _images(), 'modality': jnp.array([0, 1, 1, 0])}
+  plain = steps.make_embed_step(model, spec)(variables, batch)['embedding']
+  flipped = model.apply(variables, batch['image'][:, :, ::-1], batch['modality'])['embedding']
+  both = steps.make_embed_step(model, spec, flip_test=True)(variables, batch)['embedding']
+  np.testing.assert_allclose(both, plain + flipped, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(plain, flipped)      # the mirrored image does embed differently

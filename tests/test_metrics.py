@@ -220,6 +220,8 @@ def numpy_distances(q, g, metric):
     g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
   if metric == 'cosine':
     return 1.0 - q @ g.T
+  if metric == 'dot':
+    return -(q @ g.T)
   squared = ((q[:, None, :] - g[None, :, :]) ** 2).sum(-1)
   return squared if metric == 'euclidean_normalized' else np.sqrt(squared)
 

@@ -44,7 +44,7 @@ class Evaluator:
     self.protocol = protocols.get_protocol(config.eval.protocol)
     self.settings = protocols.ScoringSettings.from_config(config.eval)
     self._embed_step = steps.jit_embed_step(
-        steps.make_embed_step(model, spec, batch_transform), mesh)
+        steps.make_embed_step(model, spec, batch_transform, config.eval.flip_test), mesh)
 
   def embed(self, variables: dict[str, Any], records: Sequence[Any],
             with_masks: bool = False) -> dict[str, Any]:

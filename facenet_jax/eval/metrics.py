@@ -60,7 +60,7 @@ from facenet_jax.eval.rerank import check_positive as _check_positive
 from facenet_jax.eval.rerank import rerank_distances
 from facenet_jax.linalg import l2_normalize
 
-METRICS = ('euclidean_normalized', 'euclidean', 'cosine')
+METRICS = ('euclidean_normalized', 'euclidean', 'cosine', 'dot')
 CMC_MODES = ('standard', 'distinct_ids')
 
 _SIGN_BIT = np.uint32(0x80000000)
@@ -176,6 +176,8 @@ def _pairwise(q: jax.Array, q_sq: jax.Array, g: jax.Array, g_sq: jax.Array,
   dot = jnp.matmul(q, g.T, precision=jax.lax.Precision.HIGHEST)
   if metric == 'cosine':
     return 1.0 - dot
+  if metric == 'dot':
+    return -dot
   squared = q_sq[:, None] + g_sq[None, :] - 2.0 * dot
   if metric == 'euclidean_normalized':
     # Squared, unclamped, as the official evaluator (||q||^2 + ||g||^2 - 2 q.g = 2 - 2 cos).
@@ -209,8 +211,9 @@ def compute_distance_matrix(query_feats: Any, gallery_feats: Any, metric: str,
     query_feats: [Q, D] query embeddings.
     gallery_feats: [G, D] gallery embeddings.
     metric: 'euclidean_normalized' (official: L2-normalise each whole vector, then squared
-      Euclidean, = 2 - 2 cos), 'euclidean' (plain, sqrt of the squared distance clamped at 0) or
-      'cosine' (1 - cos).
+      Euclidean, = 2 - 2 cos), 'euclidean' (plain, sqrt of the squared distance clamped at 0),
+      'cosine' (1 - cos) or 'dot' (-q.g of the vectors as they are: the AGW family's scripts,
+      which rank sums of normalised features, e.g. with the test-time flip).
     chunk_size: queries per jitted call (the last chunk is padded so one shape compiles).
   """
   _check_metric(metric)
