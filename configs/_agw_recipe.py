@@ -5,8 +5,8 @@ and classifier and 0.01 (x0.1) for the backbone; LR (e + 1) / 10 x peak for epoc
 peak, x0.1 at epoch 20 and x0.01 at 50; 81 epochs (e = 0..80). P x K = 8 x 4 ids x images per
 modality (64 images a step), 288x144 input, zero pad 10 + random crop + flip, ImageNet mean/std.
 CE + WRT, GeM, non-local blocks. The official code evaluates every 2 epochs on the test split and
-keeps the best test Rank-1 (model selection on the test set); here the best checkpoint is chosen
-by the same periodic test evaluation, and the README says so next to the numbers.
+keeps the best test Rank-1 (model selection on the test set); here evaluation runs every 2 epochs
+too, but model selection never looks at the test split: the kept checkpoint is the latest.
 """
 
 from configs import default

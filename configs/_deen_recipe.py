@@ -6,7 +6,8 @@ ImageNet mean/std, random erasing 0.5; SGD Nesterov 0.9, weight decay 5e-4 on ev
 peak LR 0.1 for BNNeck + classifier and 0.01 for everything else; LR (e + 1) / 10 x peak for
 e < 10, peak until 20, x0.1 until 80, x0.01 after; 151 epochs (e = 0..150); CE + batch-hard
 triplet (margin 0.3, un-normalised) + 0.8 CPM (margin 0.2) x 2 + 0.01 orthogonality. The official
-scripts test every epoch and keep the best test Rank-1; here every 5 epochs.
+scripts test every epoch and keep the best test Rank-1; here every 5 epochs, and the kept
+checkpoint is the latest (model selection never looks at the test split).
 
 The official test adds the features of the horizontally mirrored image and ranks by the summed
 similarities: `eval.flip_test=True` with `eval.distance='dot'` (set below). Known difference: our

@@ -7,9 +7,9 @@ r"""Average the test metrics of several training runs: RegDB's 10 splits (one mo
     python scripts/average_folds.py runs/agw_regdb/trial*
 
 For every workdir: the test metrics logged at its best checkpoint's step (`metrics.jsonl`; the best
-checkpoint is the one training kept, by validation when the config has a validation split, else by
-the periodic test evaluation as in the official scripts). Prints one row per run, the mean and the
-standard deviation (percent); `--json` writes them too.
+checkpoint is the one training kept: by validation mAP when the config has a validation split,
+else the latest, since model selection never looks at the test split). Prints one row per run,
+the mean and the standard deviation (percent); `--json` writes them too.
 """
 
 import json
