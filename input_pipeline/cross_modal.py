@@ -134,8 +134,8 @@ def read_id_line(path: str, problems: list[str]) -> list[int]:
   return ids
 
 
-def read_labelled_list(path: str, problems: list[str]) -> list[tuple[str, int]]:
-  """[(relative path, label)] of a `relative/path label` list (RegDB, LLCM training lists)."""
+def _read_list(path: str, problems: list[str], parse, expected: str) -> list[tuple[str, int]]:
+  """[(relative path, int)] of a list file, one `parse(parts) -> item | None` per non-empty line."""
   if not os.path.isfile(path):
     problems.append(f'{path}: missing list file')
     return []
@@ -145,35 +145,33 @@ def read_labelled_list(path: str, problems: list[str]) -> list[tuple[str, int]]:
       parts = line.split()
       if not parts:
         continue
-      if len(parts) < 2 or not re.fullmatch(r'-?\d+', parts[1]):
-        problems.append(f'{path}:{number}: expected "relative/path label", got {line.strip()!r}')
+      item = parse(parts)
+      if item is None:
+        problems.append(f'{path}:{number}: expected "{expected}", got {line.strip()!r}')
         continue
-      out.append((parts[0], int(parts[1])))
+      out.append(item)
   if not out:
     problems.append(f'{path}: empty list')
   return out
+
+
+def read_labelled_list(path: str, problems: list[str]) -> list[tuple[str, int]]:
+  """[(relative path, label)] of a `relative/path label` list (RegDB, LLCM training lists)."""
+  def parse(parts):
+    if len(parts) < 2 or not re.fullmatch(r'-?\d+', parts[1]):
+      return None
+    return parts[0], int(parts[1])
+  return _read_list(path, problems, parse, 'relative/path label')
 
 
 def read_pid_list(path: str, problems: list[str]) -> list[tuple[str, int]]:
   """[(relative path, pid)] of a DN-348 / DNWild list: `<pid>/<file>`, the pid before the '/'."""
-  if not os.path.isfile(path):
-    problems.append(f'{path}: missing list file')
-    return []
-  out = []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      parts = line.split()
-      if not parts:
-        continue
-      rel = parts[0]
-      head = rel.split('/', 1)[0]
-      if '/' not in rel or not head.isdigit():
-        problems.append(f'{path}:{number}: expected "<pid>/<file>", got {line.strip()!r}')
-        continue
-      out.append((rel, int(head)))
-  if not out:
-    problems.append(f'{path}: empty list')
-  return out
+  def parse(parts):
+    head = parts[0].split('/', 1)[0]
+    if '/' not in parts[0] or not head.isdigit():
+      return None
+    return parts[0], int(head)
+  return _read_list(path, problems, parse, '<pid>/<file>')
 
 
 def _existing(paths: list[tuple[str, int]], base: str, problems: list[str], listed_in: str

@@ -110,10 +110,7 @@ def _train_source(records: Sequence[ImageRecord], data_config, process_index: in
                   process_count: int) -> tuple[Callable[[int], dict], dict]:
   if not records:
     raise ValueError('make_train_stream: no training records')
-  p = data_config.num_ids_per_batch
-  if process_count <= 0 or not 0 <= process_index < process_count or p % process_count:
-    raise ValueError(f'data.num_ids_per_batch: {p} ids per batch cannot be split into whole '
-                     f'identities over {process_count} processes (process_index {process_index})')
+  pipeline.check_process_ids(data_config.num_ids_per_batch, process_index, process_count)
   sampler = make_sampler(records, data_config)
   pools = [np.asarray([i for i, r in enumerate(records) if r.modality == m]) for m in (0, 1)]
   store = _get_store(records, data_config, 'bicubic')
@@ -163,18 +160,12 @@ def make_train_stream(records, data_config, start_step: int = 0, process_index: 
 
 def _eval_source(records, data_config, batch_size: int, process_index: int = 0,
                  process_count: int = 1):
-  if batch_size <= 0:
-    raise ValueError(f'data.eval_batch_size: must be positive, got {batch_size}')
-  if process_count <= 0 or not 0 <= process_index < process_count or batch_size % process_count:
-    raise ValueError(f'data.eval_batch_size: {batch_size} does not split evenly over '
-                     f'{process_count} processes (process_index {process_index})')
+  rows = pipeline.eval_rows_per_process(batch_size, process_index, process_count)
   store = _get_store(records, data_config, 'bilinear')
   h, w = data_config.image_size
-  rows = batch_size // process_count
 
   def raw_fn(b: int) -> dict[str, np.ndarray]:
-    start = b * batch_size + process_index * rows
-    indices = np.arange(start, min(start + rows, len(records)))
+    indices = pipeline.eval_indices(b, batch_size, rows, process_index, len(records))
     n = len(indices)
     batch = {'image': np.zeros((rows, h, w, 3), np.uint8), 'modality': np.zeros(rows, np.int32),
              'pid': np.full(rows, -1, np.int32), 'camid': np.full(rows, -1, np.int32),

@@ -241,10 +241,7 @@ def _train_source(records: Sequence[Record], data_config, process_index: int,
   """(step -> raw batch of this process, its signature)."""
   if not records:
     raise ValueError('make_train_stream: no training records')
-  p = data_config.num_ids_per_batch
-  if process_count <= 0 or not 0 <= process_index < process_count or p % process_count:
-    raise ValueError(f'data.num_ids_per_batch: {p} ids per batch cannot be split into whole '
-                     f'identities over {process_count} processes (process_index {process_index})')
+  check_process_ids(data_config.num_ids_per_batch, process_index, process_count)
   sampler = _make_sampler(records, data_config)
   store = _get_store(records, data_config, 'bicubic')
   rows = sampler.batch_size // process_count
@@ -299,6 +296,32 @@ def make_train_stream(records: Sequence[Record], data_config, start_step: int = 
   return _map_numpy(ds, raw_fn, signature, data_config).as_numpy_iterator()
 
 
+def check_process_ids(num_ids_per_batch: int, process_index: int, process_count: int) -> None:
+  """A training batch's P ids must split into whole ids over the processes."""
+  if (process_count <= 0 or not 0 <= process_index < process_count
+      or num_ids_per_batch % process_count):
+    raise ValueError(f'data.num_ids_per_batch: {num_ids_per_batch} ids per batch cannot be split '
+                     f'into whole identities over {process_count} processes (process_index '
+                     f'{process_index})')
+
+
+def eval_rows_per_process(batch_size: int, process_index: int, process_count: int) -> int:
+  """Rows of each eval batch a process reads (data.eval_batch_size / process_count), checked."""
+  if batch_size <= 0:
+    raise ValueError(f'data.eval_batch_size: must be positive, got {batch_size}')
+  if process_count <= 0 or not 0 <= process_index < process_count or batch_size % process_count:
+    raise ValueError(f'data.eval_batch_size: {batch_size} does not split evenly over '
+                     f'{process_count} processes (process_index {process_index})')
+  return batch_size // process_count
+
+
+def eval_indices(b: int, batch_size: int, rows: int, process_index: int,
+                 num_records: int) -> np.ndarray:
+  """Record indices of this process's rows of global eval batch `b` (fewer at the end)."""
+  start = b * batch_size + process_index * rows
+  return np.arange(start, min(start + rows, num_records))
+
+
 def _eval_source(records: Sequence[Record], data_config, batch_size: int, process_index: int = 0,
                  process_count: int = 1) -> tuple[Callable[[int], dict], dict]:
   """(batch number -> this process's rows of the padded eval batch, their signature).
@@ -306,18 +329,12 @@ def _eval_source(records: Sequence[Record], data_config, batch_size: int, proces
   Global batch b covers records [b * B, (b + 1) * B); process p reads rows
   [p * B / n, (p + 1) * B / n) of it. Bilinear resize, no augmentation.
   """
-  if batch_size <= 0:
-    raise ValueError(f'data.eval_batch_size: must be positive, got {batch_size}')
-  if process_count <= 0 or not 0 <= process_index < process_count or batch_size % process_count:
-    raise ValueError(f'data.eval_batch_size: {batch_size} does not split evenly over '
-                     f'{process_count} processes (process_index {process_index})')
+  rows = eval_rows_per_process(batch_size, process_index, process_count)
   store = _get_store(records, data_config, 'bilinear')
   h, w = data_config.image_size
-  rows = batch_size // process_count
 
   def raw_fn(b: int) -> dict[str, np.ndarray]:
-    start = b * batch_size + process_index * rows
-    indices = np.arange(start, min(start + rows, len(records)))
+    indices = eval_indices(b, batch_size, rows, process_index, len(records))
     n = len(indices)
     batch = {m: np.zeros((rows, h, w, 3), np.uint8) for m in MODALITIES}
     batch.update(pid=np.full(rows, -1, np.int32), camid=np.full(rows, -1, np.int32),
