@@ -212,3 +212,24 @@ def test_fsa_gca_spt_match_pytorch():
                      eps=1e-5)
   out = (t + torch.tanh(bn)).numpy().transpose(0, 2, 3, 1)
   np.testing.assert_allclose(block.apply(v, u, train=False), out, rtol=1e-4, atol=1e-5)
+
+
+def test_ablation_rows_build_the_intended_models():
+  from experiments import cross_modal_ablation as ablation  # pylint: disable=g-import-not-at-top
+  from facenet_jax import models  # pylint: disable=g-import-not-at-top
+  settings = ablation.Settings()
+  configs = {row: ablation.run_config(row, 1, settings, '/data') for row in ablation.ROWS}
+  assert configs['deen'].model.name == 'deen' and not configs['deen'].loss.triplet_normalize
+  for row in ('fsc_net', 'fsc_no_fsa', 'fsc_no_gca', 'fsc_no_spt', 'fsc_all_off'):
+    assert configs[row].loss.triplet_normalize
+  off = configs['fsc_all_off'].model
+  assert (off.fsa, off.gca, off.spt) == (False, False, False)
+  assert configs['fsc_no_gca'].model.gca is False and configs['fsc_no_gca'].model.fsa is True
+  for config in configs.values():   # every row builds, on the same schedule and data
+    models.build_model(config.model, num_classes=3)
+    assert config.data.seed == 1 and config.train.num_epochs == settings.num_epochs
+  summary = ablation.summarize([
+      {'row': 'deen', 'metrics': {m: 0.5 for m in ablation.METRICS}},
+      {'row': 'deen', 'metrics': {m: 0.7 for m in ablation.METRICS}}])
+  assert summary['deen']['n'] == 2 and summary['deen']['mAP'] == pytest.approx((60.0, 10.0))
+  assert '| deen | 2 | 60.00 ± 10.00 |' in ablation.format_table(summary)

@@ -1,0 +1,157 @@
+r"""FSC-Net's blocks on the synthetic cross-modality set: DEEN vs FSC-Net vs each block off.
+
+    python -m experiments.cross_modal_ablation --out runs/fsc_ablation [--seeds 3] [--rows all]
+    python -m experiments.cross_modal_ablation --out runs/fsc_ablation --report_only
+
+Rows (`ROWS`): DEEN with its own loss; FSC-Net; FSC-Net without FSA, without GCA, without SPT; and
+FSC-Net with all three off, which is DEEN with FSC-Net's L2-normalised triplet (it separates the
+blocks from that loss change). Every run trains the same schedule on one synthetic SYSU-MM01-layout
+set (`input_pipeline.synthetic_cross_modal`, generated into OUT/data on first use) and is scored
+with the SYSU-MM01 single-shot protocol (10 gallery trials) at its last step. Seeds change
+initialisation, sampler and augmentation, not the data. Each finished run writes
+OUT/runs/<row>/seed<k>/result.json and is skipped afterwards, so the study resumes where it was
+stopped; the report (OUT/results.md, .json) gives mean +- std over the finished seeds.
+
+Settings (`Settings`): 90 ids (60 train), 2 images per id and camera, 64x32, ResNet-18 at a
+quarter width, P x K = 8 x 4 per modality, 20 epochs of the DEEN recipe shrunk like
+configs/agw_synthetic.py, no test-time flip (the same embedding for every row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+
+ROWS: dict[str, dict[str, Any]] = {
+    'deen': {'model': 'deen'},
+    'fsc_net': {'model': 'fsc_net'},
+    'fsc_no_fsa': {'model': 'fsc_net', 'fsa': False},
+    'fsc_no_gca': {'model': 'fsc_net', 'gca': False},
+    'fsc_no_spt': {'model': 'fsc_net', 'spt': False},
+    'fsc_all_off': {'model': 'fsc_net', 'fsa': False, 'gca': False, 'spt': False},
+}
+METRICS = ('mAP', 'mINP', 'R1', 'R5', 'R10')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  num_ids: int = 90
+  images_per_camera: int = 2
+  image_size: tuple[int, int] = (64, 32)
+  width_multiplier: float = 0.25
+  num_epochs: int = 20
+  data_seed: int = 0
+
+
+def run_config(row: str, seed: int, settings: Settings, data_root: str):
+  """The config of one (row, seed): the DEEN / FSC-Net recipe shrunk to the synthetic set."""
+  from configs import _deen_recipe  # pylint: disable=g-import-not-at-top
+  spec = dict(ROWS[row])
+  model = spec.pop('model')
+  get = _deen_recipe.get_fsc_config if model == 'fsc_net' else _deen_recipe.get_deen_config
+  config = get('sysu_mm01', 'sysu_single')
+  config.data.root = data_root
+  config.data.image_size = tuple(settings.image_size)
+  config.data.pad_pixels = 4
+  config.data.num_ids_per_batch, config.data.num_instances = 8, 4
+  config.data.eval_batch_size = 64
+  config.data.seed = seed
+  config.model.depth, config.model.width_multiplier = 18, settings.width_multiplier
+  for field, value in spec.items():
+    setattr(config.model, field, value)
+  config.optim.warmup_epochs = 2
+  config.optim.decay_epochs = (14, 18)
+  config.train.num_epochs = settings.num_epochs
+  config.train.seed = 1000 + seed
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 100
+  config.train.eval_every_epochs = settings.num_epochs
+  config.eval.flip_test = False
+  config.eval.distance = 'cosine'
+  return config
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+  """{row: {'n', metric: (mean, std)}} in percent, over the finished seeds of each row."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  for row in ROWS:
+    runs = [r for r in results if r['row'] == row]
+    if runs:
+      out[row] = {'n': len(runs), **{m: (100 * float(np.mean([r['metrics'][m] for r in runs])),
+                                         100 * float(np.std([r['metrics'][m] for r in runs])))
+                                     for m in METRICS}}
+  return out
+
+
+def format_table(summary: dict[str, dict[str, Any]]) -> str:
+  lines = ['| row | n | ' + ' | '.join(METRICS) + ' |', '|---|---|' + '---|' * len(METRICS)]
+  for row, s in summary.items():
+    lines.append(f'| {row} | {s["n"]} | ' +
+                 ' | '.join(f'{s[m][0]:.2f} ± {s[m][1]:.2f}' for m in METRICS) + ' |')
+  return '\n'.join(lines)
+
+
+def run(out_dir: str, rows: Sequence[str], seeds: Sequence[int], settings: Settings,
+        report_only: bool = False, log=print) -> list[dict[str, Any]]:
+  from facenet_jax import train  # pylint: disable=g-import-not-at-top
+  from input_pipeline import synthetic_cross_modal  # pylint: disable=g-import-not-at-top
+  out = pathlib.Path(out_dir)
+  data_root = out / 'data'
+  if not report_only and not (data_root / 'exp').is_dir():
+    log(f'Generating the synthetic SYSU-layout set in {data_root}')
+    synthetic_cross_modal.generate_sysu_like(
+        str(data_root), num_ids=settings.num_ids, images_per_camera=settings.images_per_camera,
+        image_size=tuple(settings.image_size), seed=settings.data_seed)
+  results = []
+  for seed in seeds:                      # seed-major: a stopped study has whole seeds
+    for row in rows:
+      run_dir = out / 'runs' / row / f'seed{seed}'
+      result_file = run_dir / 'result.json'
+      if result_file.exists():
+        results.append(json.loads(result_file.read_text()))
+        continue
+      if report_only:
+        continue
+      log(f'{row} seed {seed}: training in {run_dir}')
+      start = time.time()
+      final = train.train_and_evaluate(run_config(row, seed, settings, str(data_root)),
+                                       str(run_dir))
+      result = {'row': row, 'seed': seed, 'minutes': (time.time() - start) / 60,
+                'settings': dataclasses.asdict(settings),
+                'metrics': {m: final[f'test/{m}'] for m in METRICS}}
+      result_file.write_text(json.dumps(result, indent=1) + '\n')
+      results.append(result)
+  summary = summarize(results)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / 'results.json').write_text(json.dumps({'summary': summary, 'runs': results}, indent=1))
+  (out / 'results.md').write_text(format_table(summary) + '\n')
+  return results
+
+
+_OUT = flags.DEFINE_string('out', 'runs/fsc_ablation', 'Study folder (data, runs, report).')
+_ROWS = flags.DEFINE_list('rows', ['all'], f'Rows: all or some of {list(ROWS)}.')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per row (0..N-1).')
+_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Train nothing; report finished runs.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  rows = list(ROWS) if _ROWS.value == ['all'] else _ROWS.value
+  unknown = [r for r in rows if r not in ROWS]
+  if unknown:
+    raise app.UsageError(f'unknown rows {unknown}; known: {list(ROWS)}')
+  results = run(_OUT.value, rows, range(_SEEDS.value), Settings(), _REPORT_ONLY.value,
+                log=lambda m: print(m, flush=True))
+  print(format_table(summarize(results)))
+
+
+if __name__ == '__main__':
+  app.run(main)
