@@ -109,18 +109,17 @@ class _Trainer:
     stream = pipeline.make_train_stream(exp.train_records, self.config.data,
                                         start_step=self.step, process_index=jax.process_index(),
                                         process_count=jax.process_count())
-    pending = []          # per-step metrics on device, fetched at log time
-    previous = None       # last step's metrics: its finiteness is checked one step late
+    pending = []          # per-step metrics on device, fetched (and checked) at log time
     final_scalars: dict[str, float] = {}
     clock = (time.perf_counter(), self.step)
     compiled_step = None
     if self.pending_evaluation:
       final_scalars = self.evaluate()
+    batches = self._device_batches(stream)
     try:
       while self.step < exp.total_steps:
-        host_batch = next(stream)
-        compiled_step, previous, pending, clock, scalars = self._step(
-            host_batch, compiled_step, previous, pending, clock)
+        compiled_step, pending, clock, scalars = self._step(
+            next(batches), compiled_step, pending, clock)
         final_scalars = scalars or final_scalars
     except NonFiniteLossError as e:
       # The step skips non-finite updates, so the state in hand is the last finite one.
@@ -136,23 +135,33 @@ class _Trainer:
     return (end_of_epoch and epoch % self.config.train.eval_every_epochs == 0) or (
         step == exp.total_steps)
 
-  def _step(self, host_batch, compiled_step, previous, pending, clock):
+  def _device_batches(self, stream):
+    """The train keys of each host batch, sharded onto the devices one batch ahead.
+
+    `device_put` is asynchronous, so the next batch's transfer runs while the current step
+    computes; the loop itself never waits on the devices except at log steps.
+    """
+    keys, mesh = self.exp.spec.batch.train_keys, self.exp.mesh
+    upcoming = sharding.shard_batch({k: v for k, v in next(stream).items() if k in keys}, mesh)
+    while True:
+      current = upcoming
+      upcoming = sharding.shard_batch({k: v for k, v in next(stream).items() if k in keys}, mesh)
+      yield current
+
+  def _step(self, batch, compiled_step, pending, clock):
     """One training step with its logging, checkpoint and evaluation.
 
-    Returns the loop's carried values (compiled step, previous step's metrics, metrics pending
-    logging, clock) and the evaluation scalars when this step evaluated (else None).
+    Returns the loop's carried values (compiled step, metrics pending logging, clock) and the
+    evaluation scalars when this step evaluated (else None). A non-finite step leaves the state
+    unchanged (see `steps.make_train_step`) and is reported at the next log step.
     """
     exp, train_config = self.exp, self.config.train
-    batch = sharding.shard_batch({k: host_batch[k] for k in exp.spec.batch.train_keys}, exp.mesh)
     if compiled_step is None:
       # Compiled ahead, then every process starts stepping together (see distributed.barrier).
       compiled_step = self.train_step.lower(self.state, batch).compile()
       distributed.barrier('train_step')
     self.state, metrics = compiled_step(self.state, batch)
     self.step += 1
-    if previous is not None and not float(previous[1]['finite']):
-      _raise_non_finite(previous[0], jax.device_get(previous[1]))
-    previous = (self.step, metrics)
     pending.append(metrics)
     last = self.step == exp.total_steps
     if self.step % train_config.log_every_steps == 0 or last:
@@ -162,7 +171,7 @@ class _Trainer:
     if self.step % train_config.checkpoint_every_steps == 0 or end_of_epoch or last:
       self._save_checkpoint()
     scalars = self.evaluate() if self._is_evaluation_step(self.step) else None
-    return compiled_step, previous, pending, clock, scalars
+    return compiled_step, pending, clock, scalars
 
   def _save_checkpoint(self) -> None:
     meta = {'step': self.step, 'epoch': self.step / self.exp.steps_per_epoch}
@@ -171,8 +180,10 @@ class _Trainer:
 
   def _log_progress(self, pending: list[Any], clock: tuple[float, int]) -> tuple[float, int]:
     """Average the pending step metrics, write them, print the progress line; the new clock."""
-    if not float(pending[-1]['finite']):
-      _raise_non_finite(self.step, jax.device_get(pending[-1]))
+    finite = jax.device_get([m['finite'] for m in pending])
+    if not all(finite):
+      first = [bool(f) for f in finite].index(False)
+      _raise_non_finite(self.step - len(pending) + 1 + first, jax.device_get(pending[first]))
     averaged = jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending))
     now = time.perf_counter()
     steps_per_sec = (self.step - clock[1]) / max(now - clock[0], 1e-9)
