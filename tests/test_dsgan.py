@@ -20,6 +20,9 @@ def test_shapes_and_the_encoder_takes_resnet50_weights():
   for name in ('stem', 'layer1', 'layer2', 'layer3', 'layer4'):
     assert jax.tree.map(lambda a: a.shape, variables['params'][name]) == \
         jax.tree.map(lambda a: a.shape, reference['params'][name]), name
+  small = dsgan.Generator(width_multiplier=0.125, depth=18)   # the test / study size
+  sv = jax.eval_shape(lambda: small.init(jax.random.PRNGKey(0), x))
+  assert jax.eval_shape(lambda v: small.apply(v, x), sv).shape == (1, 64, 32, 3)
   d = dsgan.Discriminator()
   big = jnp.zeros((1, 288, 144, 3))
   dv = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), big))

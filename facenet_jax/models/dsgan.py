@@ -89,26 +89,38 @@ class EncoderStem(nn.Module):
   Named like `resnet.Stem` ('conv', 'bn'), so converted ImageNet weights load unchanged.
   """
   dtype: Any = jnp.float32
+  features: int = resnet.STEM_WIDTH
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    x = nn.Conv(resnet.STEM_WIDTH, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
+    x = nn.Conv(self.features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                 use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name='conv')(x)
     x1 = nn.relu(_bn(train, 'bn', self.dtype)(x))
     return x1, nn.max_pool(x1, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 class Generator(nn.Module):
-  """DSGAN generator: `[B, H, W, 3] -> [B, H, W, 3]` (module docstring). H, W divisible by 16."""
+  """DSGAN generator: `[B, H, W, 3] -> [B, H, W, 3]` (module docstring). H, W divisible by 16.
+
+  `width_multiplier` < 1 scales every width (`resnet.scaled_width`) and `depth` 18 swaps the
+  encoder for a ResNet-18 (the decoder follows its widths), for tests and small studies; width 1
+  and depth 50 are the official network, the only one ImageNet ResNet-50 weights fit.
+  """
   dtype: Any = jnp.float32
+  width_multiplier: float = 1.0
+  depth: int = 50                   # encoder depth: 50 is the official one; 18 for fast tests
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    block, counts = resnet.RESNET_SPECS[50]
-    x1, x = EncoderStem(self.dtype, name='stem')(x.astype(self.dtype), train)
+    resnet.check_depth(self.depth)
+    block, counts = resnet.RESNET_SPECS[self.depth]
+    m = self.width_multiplier
+    x1, x = EncoderStem(self.dtype, resnet.scaled_width(resnet.STEM_WIDTH, m),
+                        name='stem')(x.astype(self.dtype), train)
     skips = [x1]
     for i, (width, stride) in enumerate(zip(resnet.STAGE_WIDTHS, (1, 2, 2, 1))):
-      x = resnet.Stage(block, width, counts[i], stride, self.dtype, name=f'layer{i + 1}')(x, train)
+      x = resnet.Stage(block, resnet.scaled_width(width, m), counts[i], stride, self.dtype,
+                       name=f'layer{i + 1}')(x, train)
       skips.append(x)
     x1, x2, x3, x4, x5 = skips
     d = DecoderStage(self.dtype, name='dec1')(x5, train) + x4
@@ -121,12 +133,13 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
   """PatchGAN: `[B, H, W, 3] -> [B, H/16, W/16, 1]` scores (module docstring)."""
   dtype: Any = jnp.float32
+  width_multiplier: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(self.dtype)
     for i, (features, norm) in enumerate(((128, False), (128, True), (256, True), (512, True))):
-      x = nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
+      x = nn.Conv(resnet.scaled_width(features, self.width_multiplier), (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
                   param_dtype=jnp.float32, name=f'conv{i}')(x)
       if norm:   # InstanceNorm2d(affine=False), eps 1e-5: per sample and channel over (h, w)
         mean = jnp.mean(x, axis=(1, 2), keepdims=True)
