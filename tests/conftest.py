@@ -46,7 +46,8 @@ def tiny_synthetic_root(tmp_path_factory) -> str:
 # The longest test files start first, so that with two xdist workers (`--dist loadfile`) the
 # short files fill the gaps at the end instead of one long file running alone after the rest.
 LONGEST_FIRST = ('test_multihost.py', 'test_train_driver.py', 'test_flare_study.py',
-                 'test_train_step.py', 'test_benchmark.py', 'test_vit.py', 'test_facenet.py')
+                 'test_cross_modal_training.py', 'test_benchmark.py', 'test_train_step.py',
+                 'test_fscnet.py', 'test_vit.py', 'test_facenet.py', 'test_deen.py', 'test_agw.py')
 
 
 def pytest_collection_modifyitems(session, config, items):
