@@ -1,7 +1,7 @@
 r"""FSC-Net's blocks on the synthetic cross-modality set: DEEN vs FSC-Net vs each block off.
 
-    python -m experiments.cross_modal_ablation --out runs/fsc_ablation [--seeds 3] [--rows all]
-    python -m experiments.cross_modal_ablation --out runs/fsc_ablation --report_only
+    python -m experiments.run_cross_modal_ablation --out runs/fsc_ablation [--seeds 3] [--rows all]
+    python -m experiments.run_cross_modal_ablation --out runs/fsc_ablation --report_only
 
 Rows (`ROWS`): DEEN with its own loss; FSC-Net; FSC-Net without FSA, without GCA, without SPT; and
 FSC-Net with all three off, which is DEEN with FSC-Net's L2-normalised triplet (it separates the
@@ -24,9 +24,6 @@ import json
 import pathlib
 import time
 from typing import Any, Sequence
-
-from absl import app
-from absl import flags
 
 ROWS: dict[str, dict[str, Any]] = {
     'deen': {'model': 'deen'},
@@ -133,25 +130,3 @@ def run(out_dir: str, rows: Sequence[str], seeds: Sequence[int], settings: Setti
   (out / 'results.json').write_text(json.dumps({'summary': summary, 'runs': results}, indent=1))
   (out / 'results.md').write_text(format_table(summary) + '\n')
   return results
-
-
-_OUT = flags.DEFINE_string('out', 'runs/fsc_ablation', 'Study folder (data, runs, report).')
-_ROWS = flags.DEFINE_list('rows', ['all'], f'Rows: all or some of {list(ROWS)}.')
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per row (0..N-1).')
-_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Train nothing; report finished runs.')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  rows = list(ROWS) if _ROWS.value == ['all'] else _ROWS.value
-  unknown = [r for r in rows if r not in ROWS]
-  if unknown:
-    raise app.UsageError(f'unknown rows {unknown}; known: {list(ROWS)}')
-  results = run(_OUT.value, rows, range(_SEEDS.value), Settings(), _REPORT_ONLY.value,
-                log=lambda m: print(m, flush=True))
-  print(format_table(summarize(results)))
-
-
-if __name__ == '__main__':
-  app.run(main)
