@@ -96,6 +96,8 @@ def test_sysu_protocol_is_the_mean_over_ten_official_trials(cmc_mode):
   assert result['mAP'] == pytest.approx(np.mean([t['mAP'] for t in per_trial]))
   assert result['mINP'] == pytest.approx(np.mean([t['mINP'] for t in per_trial]))
   assert result['num_trials'] == 10 and len(result['trials']) == 10
+  # One image per (pid, camera) folder of the candidates: 3 ids x 4 cameras minus 2 absent.
+  assert result['gallery_size'] == 10
   assert result['num_skipped_queries'] > 0           # pid 41 has no gallery images
   assert result['std']['mAP'] > 0                     # the trials do differ
   assert result['cmc_mode'] == cmc_mode

@@ -158,8 +158,9 @@ class CrossModalProtocol:
     trials = []
     for trial in range(self.num_trials):
       chosen = draw_trial_gallery(gallery, trial, self.shots)
-      trials.append(self._score_once(q_feats, g_feats[chosen], query,
-                                     [gallery[i] for i in chosen], settings))
+      result = self._score_once(q_feats, g_feats[chosen], query, [gallery[i] for i in chosen],
+                                settings)
+      trials.append({**result, 'gallery_size': len(chosen)})
     return average_trials(trials, settings.cmc_mode)
 
 
@@ -173,7 +174,7 @@ def average_trials(trials: Sequence[Mapping[str, Any]], cmc_mode: str) -> dict[s
       'num_valid_queries': int(trials[0]['num_valid_queries']),
       'num_skipped_queries': int(trials[0]['num_skipped_queries']),
       'num_trials': len(trials), 'cmc_mode': cmc_mode,
-      'gallery_size': float(np.mean([t.get('gallery_size', 0) for t in trials])),
+      'gallery_size': float(np.mean([t['gallery_size'] for t in trials])),
       'trials': summaries,
       'std': {k: float(np.std([s[k] for s in summaries])) for k in summaries[0]},
   }
