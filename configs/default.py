@@ -132,14 +132,43 @@ def _fsc_net_model() -> ml_collections.ConfigDict:
   return model
 
 
+def _dndm_model() -> ml_collections.ConfigDict:
+  """DNDM (`facenet_jax.models.dndm.DNDM`): the paper's equations; the code's behaviour is
+  configs/dndm_code_dn348.py. Needs `data.glare_mask` ('paper' or 'code')."""
+  model = ml_collections.ConfigDict()
+  model.name = 'dndm'
+  model.pretrained_path = ''        # converted ImageNet ResNet weights for both stems and the stages
+  model.depth = 50                  # ResNet depth: 18 | 34 | 50 | 101
+  model.last_stride = 1             # stride of layer4 (paper: no last down-sampling)
+  model.width_multiplier = 1.0      # ResNet width multiplier: 1 = the standard ResNet; pretrained weights need 1
+  model.dtype = 'float32'           # computation dtype: 'float32' | 'bfloat16' (params stay float32)
+  model.stem_pool = '2x2'           # stem max-pool: '2x2' (paper Eq. 3) | '3x3' (code, torchvision)
+  model.ngs = True                  # night-domain glare suppression (Table 3)
+  model.dse = True                  # dual-domain structure enhancement (Table 3)
+  model.cca = True                  # cross-domain class awareness (Table 3)
+  model.enhance_stages = (1, 2, 3, 4)  # stages followed by DSE + CCA (Table 4: 1 / 1-2 / 1-3 / 1-4)
+  model.ngs_alpha = 0.5             # alpha of Eq. 6 (Fig. 4)
+  model.ngs_relu = False            # code: ReLU before the NGS sigmoid (mask in [0.5, 1))
+  model.dse_rule = 'paper'          # 'paper' Eq. 7-9 | 'code' 0.9 T + 0.25 ReLU(mean24 - T)
+  model.dse_window = 5              # N of Eq. 7
+  model.dse_beta = 0.25             # beta of Eq. 9 (Fig. 4)
+  model.cca_rule = 'paper'          # 'paper' Eq. 10-13 | 'code' argmax map, 0.05 / 0.1 products
+  model.pooling = 'avg'             # 'avg' (GAP, paper) | 'gem' (code)
+  model.gem_p = 3.0                 # GeM exponent with pooling='gem'
+  model.bnneck = False              # BNNeck before the classifier (code: yes; paper Eq. 1: no)
+  model.neck_feat = 'after'         # test embedding with a BNNeck: 'after' | 'before'
+  return model
+
+
 MODEL_CONFIGS = {'facenet': _facenet_model, 'facenet_vit': _facenet_vit_model,
                  'single_stream': _single_stream_model, 'agw': _agw_model, 'deen': _deen_model,
-                 'fsc_net': _fsc_net_model}
+                 'fsc_net': _fsc_net_model, 'dndm': _dndm_model}
 # Loss fields a model needs set otherwise than below: IC (Eq. 8) compares the RGB and NI branches,
 # which a single-stream model (and AGW, one branch) does not have; AGW's triplet is WRT.
 MODEL_LOSS_OVERRIDES = {'single_stream': {'ic': False},
                         'agw': {'ic': False, 'triplet_kind': 'wrt'},
-                        'deen': {'ic': False}, 'fsc_net': {'ic': False}}
+                        'deen': {'ic': False}, 'fsc_net': {'ic': False},
+                        'dndm': {'ic': False, 'triplet_kind': 'cross_domain'}}
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -184,6 +213,9 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   data.search_mode = 'all'          # SYSU-MM01 gallery cameras: 'all' (1, 2, 4, 5) | 'indoor' (1, 2)
   data.trial = 1                    # RegDB split 1..10 (one model per split)
   data.use_npy_cache = False        # SYSU-MM01 training images from the official .npy cache
+  data.glare_mask = ''              # DNDM's glare prompt stream 'glare': '' (none) | 'paper' | 'code' (input_pipeline/glare_mask.py)
+  data.glare_threshold = 220.0      # grey level above which a night pixel is glare (DNDM: 220)
+  data.glare_min_region = 9         # 'paper' rule: glare regions smaller than this (pixels) are dropped (paper silent; ours)
   data.sampler_replacement = True   # two-pool sampler: K images per modality with replacement (AGW)
 
   # ---------------------------------------------------------------- model
@@ -194,7 +226,7 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   loss.id_weight = 1.0              # cross-entropy per branch
   loss.label_smoothing = 0.0        # epsilon of label-smoothed CE (official configs: off)
   loss.triplet_weight = 1.0         # batch-hard triplet per branch
-  loss.triplet_kind = 'batch_hard'  # 'batch_hard' (paper Eq. 11) | 'wrt' (AGW's weighted regularisation triplet)
+  loss.triplet_kind = 'batch_hard'  # 'batch_hard' (paper Eq. 11) | 'wrt' (AGW's weighted regularisation triplet) | 'cross_domain' (DNDM Eq. 2)
   loss.triplet_margin = 0.3         # hinge margin m (paper silent; 0.3 as in the code's SOLVER.MARGIN)
   loss.triplet_soft_margin = False  # soft-margin log(1 + exp(d_ap - d_an)) as the official code
   loss.triplet_normalize = False    # L2-normalise features before mining
@@ -211,6 +243,7 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   loss.cpm_weight = 0.8             # DEEN / FSC-Net: cross-modality prototype margin loss weight
   loss.cpm_margin = 0.2             # DEEN / FSC-Net: its margin
   loss.ort_weight = 0.01            # DEEN / FSC-Net: orthogonality of the two expanded embeddings
+  loss.ngs_attention_weight = 0.0   # DNDM: the official code's NGS attention loss (paper: none; code: 1)
   loss.update(MODEL_LOSS_OVERRIDES.get(model, {}))
 
   # ---------------------------------------------------------------- optim

@@ -40,6 +40,8 @@ class BatchContract:
   name: str
   inputs: tuple[tuple[str, ArraySpec], ...]   # model call arguments, in call order
   labels: tuple[tuple[str, ArraySpec], ...]   # read by the loss bundle only
+  # key -> how to get it, appended to the error when a batch lacks that key.
+  hints: tuple[tuple[str, str], ...] = ()
 
   @property
   def input_keys(self) -> tuple[str, ...]:
@@ -53,8 +55,9 @@ class BatchContract:
     """The positional arguments of `model.apply` from a batch holding at least `input_keys`."""
     missing = [k for k in self.input_keys if k not in batch]
     if missing:
+      hints = ''.join(f' {h}' for k, h in self.hints if k in missing)
       raise KeyError(f'A {self.name} batch needs {list(self.input_keys)}; missing {missing} '
-                     f'(it has {sorted(batch)}).')
+                     f'(it has {sorted(batch)}).{hints}')
     return tuple(batch[k] for k in self.input_keys)
 
   def dummy_inputs(self, image_size: tuple[int, int], batch_size: int = 2) -> tuple[Any, ...]:
@@ -75,4 +78,14 @@ CROSS_MODAL_IMAGES = BatchContract(
     name='cross_modal_images',
     inputs=(('image', _IMAGE), ('modality', ArraySpec(('B',), jnp.int32))),
     labels=(('pid', ArraySpec(('B',), jnp.int32)),),
+)
+
+DAY_NIGHT_IMAGES = BatchContract(
+    name='day_night_images',
+    inputs=(('image', _IMAGE), ('modality', ArraySpec(('B',), jnp.int32)),
+            ('glare', ArraySpec(('B', 'H', 'W'), jnp.float32)),
+            ('pid', ArraySpec(('B',), jnp.int32))),
+    labels=(),
+    hints=(('glare', "The glare prompt comes from config.data.glare_mask='paper' (or 'code'); "
+            'it is empty.'),),
 )

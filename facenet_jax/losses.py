@@ -244,12 +244,48 @@ def cpm_loss(features: Array, labels: Array, margin: float = 0.2) -> Array:
   return 0.5 * (jnp.mean(l123) + jnp.mean(l124))
 
 
-TRIPLET_KINDS = ('batch_hard', 'wrt')
+def cross_domain_triplet_loss(features: Array, labels: Array, domains: Array,
+                              margin: float | None, normalize: bool = False) -> Array:
+  """DNDM's triplet (DN-ReID Eq. 2): positives from the other domain, negatives from the anchor's.
+
+  For anchor i: d_ap = max D_ij over j with y_j = y_i and domain_j != domain_i (a day anchor's
+  hardest night positive and vice versa), d_an = min D_ik over k with y_k != y_i and domain_k =
+  domain_i; then the hinge (or soft margin) and the mean of `batch_hard_triplet_loss`. Anchors
+  lacking a cross-domain positive or a same-domain negative are left out of the mean.
+
+  Args:
+    features: [B, D]; labels: [B] identities; domains: [B] ints (0 day, 1 night).
+    margin: hinge margin (paper 0.3) or None for the soft margin. normalize: L2 rows first.
+  """
+  _check_matrix(features, 'features')
+  _check_labels(labels, features.shape[0])
+  _check_labels(domains, features.shape[0], 'domains')
+  features = features.astype(jnp.float32)
+  if normalize:
+    features = l2_normalize(features)
+  distances = pairwise_euclidean_distance(features)
+  same_id = labels[:, None] == labels[None, :]
+  same_domain = domains[:, None] == domains[None, :]
+  positive = same_id & ~same_domain
+  negative = ~same_id & same_domain
+  has_positive, has_negative = jnp.any(positive, axis=1), jnp.any(negative, axis=1)
+  d_ap = jnp.where(has_positive, jnp.max(jnp.where(positive, distances, -jnp.inf), axis=1), 0.0)
+  d_an = jnp.where(has_negative, jnp.min(jnp.where(negative, distances, jnp.inf), axis=1), 0.0)
+  if margin is None:
+    per_anchor = jax.nn.softplus(d_ap - d_an)
+  else:
+    per_anchor = jax.nn.relu(margin + d_ap - d_an)
+  valid = (has_positive & has_negative).astype(jnp.float32)
+  return jnp.sum(per_anchor * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+TRIPLET_KINDS = ('batch_hard', 'wrt', 'cross_domain')
 
 
 def triplet_loss(features: Array, labels: Array, kind: str, margin: float | None,
-                 normalize: bool = False) -> Array:
-  """`kind` 'batch_hard' (`batch_hard_triplet_loss`) or 'wrt' (no margin, no normalisation)."""
+                 normalize: bool = False, domains: Array | None = None) -> Array:
+  """`kind` 'batch_hard' (`batch_hard_triplet_loss`), 'wrt' (no margin, no normalisation) or
+  'cross_domain' (`cross_domain_triplet_loss`; needs `domains`, [B] modality per row)."""
   if kind == 'batch_hard':
     return batch_hard_triplet_loss(features, labels, margin, normalize=normalize)
   if kind == 'wrt':
@@ -257,6 +293,11 @@ def triplet_loss(features: Array, labels: Array, kind: str, margin: float | None
       raise ValueError('config.loss.triplet_normalize=True: the WRT loss (AGW) works on the '
                        'un-normalised features; set it to False')
     return weighted_regularized_triplet_loss(features, labels)
+  if kind == 'cross_domain':
+    if domains is None:
+      raise ValueError("config.loss.triplet_kind='cross_domain' needs each row's domain: only "
+                       'a day/night model (DNDM) provides it')
+    return cross_domain_triplet_loss(features, labels, domains, margin, normalize=normalize)
   raise ValueError(f'config.loss.triplet_kind must be one of {TRIPLET_KINDS}, got {kind!r}')
 
 

@@ -13,6 +13,8 @@ images of the same ids in the same order:
     'modality' int32 [2 P K]              0 for the first half, 1 for the second
     'pid'      int32 [2 P K]              training label (halves element-wise equal)
     'camid'    int32 [2 P K]
+    'glare'    float32 [2 P K, H, W]      only with data.glare_mask ('paper' | 'code'): DNDM's glare
+                                          prompt (`glare_mask`), zeros for modality-0 (day) rows
 
 With several processes each process yields its share of both halves (rows [p B/n, (p+1) B/n) of
 each, P / n whole ids), so the global batch interleaves the halves by process; the models find the
@@ -20,7 +22,7 @@ two modalities from 'modality', never from row positions, and rely only on each 
 batch holding P K images of each.
 
 Eval: every record once, in order, padded batches with 'image', 'modality', 'pid', 'camid',
-'mask', 'index'.
+('glare'), 'mask', 'index'.
 
 Images are decoded once (Pillow, or a row of the SYSU-MM01 `.npy` cache), resized to
 data.image_size (bicubic for train, bilinear for test, as the triplet streams; the official AGW
@@ -37,6 +39,7 @@ import tensorflow as tf
 
 from input_pipeline import augment
 from input_pipeline import cross_modal
+from input_pipeline import glare_mask
 from input_pipeline import pipeline
 from input_pipeline import sampler as sampler_lib
 
@@ -84,14 +87,30 @@ def _get_store(records: Sequence[ImageRecord], data_config, method: str) -> Imag
     return _STORES[key]
 
 
-def _signature(rows: int, image_size, eval_keys: bool) -> dict:
-  h, w = image_size
+def _signature(rows: int, data_config, eval_keys: bool) -> dict:
+  h, w = data_config.image_size
   spec = {'image': tf.TensorSpec([rows, h, w, 3], tf.uint8),
           'modality': tf.TensorSpec([rows], tf.int32), 'pid': tf.TensorSpec([rows], tf.int32),
           'camid': tf.TensorSpec([rows], tf.int32)}
+  if data_config.glare_mask:
+    spec['glare'] = tf.TensorSpec([rows, h, w], tf.float32)
   if eval_keys:
     spec.update(mask=tf.TensorSpec([rows], tf.bool), index=tf.TensorSpec([rows], tf.int32))
   return spec
+
+
+def _glare_rule(data_config) -> str:
+  rule = data_config.glare_mask
+  if rule and rule not in glare_mask.RULES:
+    raise ValueError(f'config.data.glare_mask={rule!r} must be "" (none) or one of '
+                     f'{glare_mask.RULES}')
+  return rule
+
+
+def _glare(image: np.ndarray, data_config) -> np.ndarray:
+  """float32 [H, W] glare prompt of one night image (`glare_mask`, data.glare_* fields)."""
+  return glare_mask.glare_mask(image, data_config.glare_mask, data_config.glare_threshold,
+                               data_config.glare_min_region)
 
 
 def make_sampler(records: Sequence[ImageRecord], data_config) -> sampler_lib.CrossModalSampler:
@@ -111,6 +130,7 @@ def _train_source(records: Sequence[ImageRecord], data_config, process_index: in
   if not records:
     raise ValueError('make_train_stream: no training records')
   pipeline.check_process_ids(data_config.num_ids_per_batch, process_index, process_count)
+  rule = _glare_rule(data_config)
   sampler = make_sampler(records, data_config)
   pools = [np.asarray([i for i, r in enumerate(records) if r.modality == m]) for m in (0, 1)]
   store = _get_store(records, data_config, 'bicubic')
@@ -130,6 +150,11 @@ def _train_source(records: Sequence[ImageRecord], data_config, process_index: in
       if augment.grayscale_draw(data_config.seed, step, int(r), data_config.grayscale_prob):
         crops[row] = augment.to_gray3(crops[row])
     extra = {}
+    if rule:   # night rows only; 'paper' from the crop the network sees, 'code' un-augmented
+      extra['glare'] = np.zeros(crops.shape[:3], np.float32)
+      for row in range(rows, 2 * rows):
+        source = crops[row] if rule == 'paper' else store.get(int(indices[row]))
+        extra['glare'][row] = _glare(source, data_config)
     if data_config.random_erasing_prob > 0:
       extra['image_erase'] = augment.erase_fill(params, crops.shape[1:])
     return {'image': crops, **extra,
@@ -137,7 +162,7 @@ def _train_source(records: Sequence[ImageRecord], data_config, process_index: in
             'pid': np.asarray([records[i].pid for i in indices], np.int32),
             'camid': np.asarray([records[i].camid for i in indices], np.int32)}
 
-  signature = _signature(2 * rows, data_config.image_size, False)
+  signature = _signature(2 * rows, data_config, False)
   if data_config.random_erasing_prob > 0:
     h, w = data_config.image_size
     signature['image_erase'] = tf.TensorSpec([2 * rows, h, w, 3], tf.float32)
@@ -161,6 +186,7 @@ def make_train_stream(records, data_config, start_step: int = 0, process_index: 
 def _eval_source(records, data_config, batch_size: int, process_index: int = 0,
                  process_count: int = 1):
   rows = pipeline.eval_rows_per_process(batch_size, process_index, process_count)
+  rule = _glare_rule(data_config)
   store = _get_store(records, data_config, 'bilinear')
   h, w = data_config.image_size
 
@@ -170,15 +196,19 @@ def _eval_source(records, data_config, batch_size: int, process_index: int = 0,
     batch = {'image': np.zeros((rows, h, w, 3), np.uint8), 'modality': np.zeros(rows, np.int32),
              'pid': np.full(rows, -1, np.int32), 'camid': np.full(rows, -1, np.int32),
              'mask': np.zeros(rows, bool), 'index': np.full(rows, -1, np.int32)}
+    if rule:
+      batch['glare'] = np.zeros((rows, h, w), np.float32)
     for row, i in enumerate(indices):
       r = records[int(i)]
       batch['image'][row] = store.get(int(i))
+      if rule and r.modality == 1:
+        batch['glare'][row] = _glare(batch['image'][row], data_config)
       batch['modality'][row], batch['pid'][row], batch['camid'][row] = r.modality, r.pid, r.camid
     batch['mask'][:n] = True
     batch['index'][:n] = indices
     return batch
 
-  return raw_fn, _signature(rows, data_config.image_size, True)
+  return raw_fn, _signature(rows, data_config, True)
 
 
 def make_eval_batch_fn(records, data_config, batch_size: int):

@@ -303,7 +303,8 @@ def _relation_term(features: Mapping[str, jax.Array], labels: jax.Array,
 
 
 def reid_terms(outputs: Mapping[str, Any], labels: jax.Array,
-               loss_config: ml_collections.ConfigDict, branches: tuple[str, ...]
+               loss_config: ml_collections.ConfigDict, branches: tuple[str, ...],
+               domains: jax.Array | None = None
                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """The re-id terms every model shares, over the model's `branches` (s):
 
@@ -312,7 +313,8 @@ def reid_terms(outputs: Mapping[str, Any], labels: jax.Array,
                                               `loss.triplet_kind='wrt'`: AGW's weighted triplet)
 
   outputs: 'features' {s: [B, D]} and 'logits' {s: [B, num_classes]} (a missing branch is a
-  KeyError naming it); labels: [B] int identities. Returns (terms, metrics) with the unweighted
+  KeyError naming it); labels: [B] int identities; domains: [B] modality per row, needed by
+  `loss.triplet_kind='cross_domain'` only. Returns (terms, metrics) with the unweighted
   'id_<s>', 'triplet_<s>' and top-1 accuracies 'acc_<s>' of every branch as metrics.
   """
   features, logits = outputs['features'], outputs['logits']
@@ -323,7 +325,7 @@ def reid_terms(outputs: Mapping[str, Any], labels: jax.Array,
                                                     loss_config.label_smoothing)
     metrics[f'triplet_{s}'] = losses.triplet_loss(
         features[s], labels, loss_config.triplet_kind, margin,
-        normalize=loss_config.triplet_normalize)
+        normalize=loss_config.triplet_normalize, domains=domains)
     metrics[f'acc_{s}'] = losses.top1_accuracy(logits[s], labels)
   terms = {
       'id': loss_config.id_weight * sum(metrics[f'id_{s}'] for s in branches),

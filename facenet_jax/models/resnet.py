@@ -175,18 +175,25 @@ class Bottleneck(nn.Module):
     return nn.relu(y + shortcut)
 
 
+STEM_POOLS = ('3x3', '2x2')
+
+
 class Stem(nn.Module):
-  """7x7/2 conv (pad 3), BN, ReLU, 3x3/2 max-pool (pad 1).
+  """7x7/2 conv (pad 3), BN, ReLU, max-pool: 3x3/2 pad 1 (torchvision) or 2x2/2 (`pool='2x2'`,
+  DNDM's Eq. 3; same output size for even inputs, no parameters, so weights load either way).
 
   `[B, H, W, 3] -> [B, H/4, W/4, features]` (features 64 in the standard ResNet).
   """
   dtype: Any = jnp.float32
   features: int = STEM_WIDTH
+  pool: str = '3x3'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = _conv(self.features, 7, 2, self.dtype, 'conv')(x.astype(self.dtype))
     x = nn.relu(_batch_norm(train, self.dtype, 'bn')(x))
+    if self.pool == '2x2':
+      return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
     # Padded with -inf like torch's MaxPool2d(3, 2, padding=1).
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 

@@ -136,6 +136,7 @@ class TwoStemResNet(nn.Module):
   nonlocal_blocks: bool = False
   bug_nonlocal_one_channel: bool = False
   dtype: Any = jnp.float32
+  stem_pool: str = '3x3'            # `resnet.Stem.pool`: '3x3' torchvision | '2x2' (DNDM Eq. 3)
 
   def setup(self):
     resnet.check_depth(self.depth)
@@ -143,8 +144,8 @@ class TwoStemResNet(nn.Module):
     block, counts = resnet.RESNET_SPECS[self.depth]
     widths = [resnet.scaled_width(w, self.width_multiplier) for w in resnet.STAGE_WIDTHS]
     stem_width = resnet.scaled_width(resnet.STEM_WIDTH, self.width_multiplier)
-    self.stem_0 = resnet.Stem(self.dtype, stem_width)
-    self.stem_1 = resnet.Stem(self.dtype, stem_width)
+    self.stem_0 = resnet.Stem(self.dtype, stem_width, self.stem_pool)
+    self.stem_1 = resnet.Stem(self.dtype, stem_width, self.stem_pool)
     strides = (1, 2, 2, self.last_stride)
     stages = []
     for s in range(4):
