@@ -22,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 ROWS: dict[str, dict[str, Any]] = {
     'deen': {'model': 'deen'},
@@ -74,38 +75,61 @@ def run_config(row: str, seed: int, settings: Settings, data_root: str):
   return config
 
 
-def summarize(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def summarize(results: Sequence[dict[str, Any]], rows: Sequence[str] = tuple(ROWS),
+              metrics: Sequence[str] = METRICS) -> dict[str, dict[str, Any]]:
   """{row: {'n', metric: (mean, std)}} in percent, over the finished seeds of each row."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   out = {}
-  for row in ROWS:
+  for row in rows:
     runs = [r for r in results if r['row'] == row]
     if runs:
       out[row] = {'n': len(runs), **{m: (100 * float(np.mean([r['metrics'][m] for r in runs])),
                                          100 * float(np.std([r['metrics'][m] for r in runs])))
-                                     for m in METRICS}}
+                                     for m in metrics}}
   return out
 
 
-def format_table(summary: dict[str, dict[str, Any]]) -> str:
-  lines = ['| row | n | ' + ' | '.join(METRICS) + ' |', '|---|---|' + '---|' * len(METRICS)]
+def format_table(summary: dict[str, dict[str, Any]], metrics: Sequence[str] = METRICS) -> str:
+  lines = ['| row | n | ' + ' | '.join(metrics) + ' |', '|---|---|' + '---|' * len(metrics)]
   for row, s in summary.items():
     lines.append(f'| {row} | {s["n"]} | ' +
-                 ' | '.join(f'{s[m][0]:.2f} ± {s[m][1]:.2f}' for m in METRICS) + ' |')
+                 ' | '.join(f'{s[m][0]:.2f} ± {s[m][1]:.2f}' for m in metrics) + ' |')
   return '\n'.join(lines)
 
 
-def run(out_dir: str, rows: Sequence[str], seeds: Sequence[int], settings: Settings,
-        report_only: bool = False, log=print) -> list[dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """What a seed-major synthetic study needs besides its runner (`run_study`).
+
+  rows: row names in report order. metrics: the result keys (fractions) reported per row.
+  generate(data_root): writes the synthetic set. make_config(row, seed, data_root): the config of
+  one run. score(config, run_dir, final): the run's metrics from its final training summary
+  (`train.train_and_evaluate`'s return), e.g. plus an evaluation in another direction.
+  """
+  rows: Sequence[str]
+  metrics: Sequence[str]
+  generate: Callable[[str], Any]
+  make_config: Callable[[str, int, str], Any]
+  score: Callable[[Any, str, dict[str, Any]], dict[str, float]]
+  settings: dict[str, Any]
+
+
+def run_study(out_dir: str, study: Study, rows: Sequence[str], seeds: Sequence[int],
+              report_only: bool = False, log=print) -> list[dict[str, Any]]:
+  """Trains every (seed, row) not finished yet, seed-major; writes OUT/results.{md,json}.
+
+  Each finished run writes OUT/runs/<row>/seed<k>/result.json and is skipped afterwards, so a
+  stopped study resumes where it was (a killed run resumes from its checkpoint).
+  """
   from facenet_jax import train  # pylint: disable=g-import-not-at-top
-  from input_pipeline import synthetic_cross_modal  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(out_dir)
   data_root = out / 'data'
-  if not report_only and not (data_root / 'exp').is_dir():
-    log(f'Generating the synthetic SYSU-layout set in {data_root}')
-    synthetic_cross_modal.generate_sysu_like(
-        str(data_root), num_ids=settings.num_ids, images_per_camera=settings.images_per_camera,
-        image_size=tuple(settings.image_size), seed=settings.data_seed)
+  if not report_only and not data_root.is_dir():
+    log(f'Generating the synthetic set in {data_root}')
+    partial = out / 'data.partial'      # renamed when complete: a killed generation is redone
+    shutil.rmtree(partial, ignore_errors=True)
+    study.generate(str(partial))
+    partial.rename(data_root)
   results = []
   for seed in seeds:                      # seed-major: a stopped study has whole seeds
     for row in rows:
@@ -118,15 +142,33 @@ def run(out_dir: str, rows: Sequence[str], seeds: Sequence[int], settings: Setti
         continue
       log(f'{row} seed {seed}: training in {run_dir}')
       start = time.time()
-      final = train.train_and_evaluate(run_config(row, seed, settings, str(data_root)),
-                                       str(run_dir))
+      config = study.make_config(row, seed, str(data_root))
+      final = train.train_and_evaluate(config, str(run_dir))
       result = {'row': row, 'seed': seed, 'minutes': (time.time() - start) / 60,
-                'settings': dataclasses.asdict(settings),
-                'metrics': {m: final[f'test/{m}'] for m in METRICS}}
+                'settings': dict(study.settings),
+                'metrics': study.score(config, str(run_dir), final)}
       result_file.write_text(json.dumps(result, indent=1) + '\n')
       results.append(result)
-  summary = summarize(results)
+  summary = summarize(results, study.rows, study.metrics)
   out.mkdir(parents=True, exist_ok=True)
   (out / 'results.json').write_text(json.dumps({'summary': summary, 'runs': results}, indent=1))
-  (out / 'results.md').write_text(format_table(summary) + '\n')
+  (out / 'results.md').write_text(format_table(summary, study.metrics) + '\n')
   return results
+
+
+def fsc_study(settings: Settings = Settings()) -> Study:
+  """The FSC-Net ablation of the module docstring."""
+  from input_pipeline import synthetic_cross_modal  # pylint: disable=g-import-not-at-top
+  return Study(
+      rows=tuple(ROWS), metrics=METRICS,
+      generate=lambda root: synthetic_cross_modal.generate_sysu_like(
+          root, num_ids=settings.num_ids, images_per_camera=settings.images_per_camera,
+          image_size=tuple(settings.image_size), seed=settings.data_seed),
+      make_config=lambda row, seed, root: run_config(row, seed, settings, root),
+      score=lambda config, run_dir, final: {m: final[f'test/{m}'] for m in METRICS},
+      settings=dataclasses.asdict(settings))
+
+
+def run(out_dir: str, rows: Sequence[str], seeds: Sequence[int], settings: Settings,
+        report_only: bool = False, log=print) -> list[dict[str, Any]]:
+  return run_study(out_dir, fsc_study(settings), rows, seeds, report_only, log)
