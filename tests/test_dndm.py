@@ -400,3 +400,43 @@ def test_the_study_rows_build_table_3_and_a_run_is_scored_in_both_directions(tmp
   # A second call trains nothing and reports the same run.
   again = cross_modal_ablation.run_study(str(tmp_path), study, ['dndm'], [0], report_only=True)
   assert [r["metrics"] for r in again] == [r["metrics"] for r in results]
+
+
+@pytest.mark.parity
+def test_code_variant_matches_the_official_operations_written_in_torch():
+  """The glare opening, NGS and DSE as the official code writes them (NCHW convolutions)."""
+  torch = pytest.importorskip('torch')
+  f = torch.nn.functional
+  image = (RNG.random((1, 16, 12, 3)) * 255).astype(np.uint8)
+  image[0, 3:8, 2:7] = 250
+  # thermal_module l.132-138: grey with [0.114, 0.587, 0.299] on the loaded (RGB) channels,
+  # erosion conv(ones) > 8, dilation 1 - (conv(ones) < 1).
+  x = torch.from_numpy(image.astype(np.float32)).permute(0, 3, 1, 2)
+  grey = 0.114 * x[:, 0] + 0.587 * x[:, 1] + 0.299 * x[:, 2]
+  m = (grey > 220).float()[:, None]
+  ones = torch.ones(1, 1, 3, 3)
+  eroded = (f.conv2d(m, ones, padding=1) > 8).float()
+  opened = 1 - (f.conv2d(eroded, ones, padding=1) < 1).float()
+  np.testing.assert_array_equal(glare_mask.code_mask(image[0]), opened[0, 0].numpy())
+  # thermal_module l.139: two MaxPool2d(3, 2, 1) down to the stem resolution.
+  pooled = f.max_pool2d(f.max_pool2d(opened, 3, 2, 1), 3, 2, 1)
+  np.testing.assert_array_equal(dndm.pool_glare(jnp.asarray(opened[:, 0].numpy()), '3x3'),
+                                pooled[:, 0].numpy())
+  # LSM: a = sigmoid(ReLU(Linear(65 -> 1)([T; m]))) per pixel; T - 0.5 a T.
+  t = np.abs(RNG.normal(size=(2, 4, 3, 8))).astype(np.float32)
+  mask = (RNG.random((2, 4, 3)) > 0.5).astype(np.float32)
+  block = dndm.NGS(relu=True)
+  params = block.init(jax.random.PRNGKey(0), t, mask)
+  v = torch.from_numpy(np.array(params['params']['v']['kernel']).T)       # Linear weight [1, C+1]
+  tt, mt = torch.from_numpy(t).permute(0, 3, 1, 2), torch.from_numpy(mask)[:, None]
+  z = torch.cat([tt, mt], 1).permute(0, 2, 3, 1)
+  a = torch.sigmoid(torch.relu(f.linear(z, v))).permute(0, 3, 1, 2)
+  expected = (tt - 0.5 * a * tt).permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(block.apply(params, t, mask)[0], expected, rtol=1e-5, atol=1e-6)
+  # GradientComputation4: depthwise 5x5 (ones, -24 centre), padding 2, /24, ReLU; 0.9 T + 0.25 S.
+  kernel = torch.ones(5, 5)
+  kernel[2, 2] = -24
+  weight = kernel.expand(8, 1, 5, 5).contiguous()
+  s = torch.relu(f.conv2d(tt, weight, padding=2, groups=8) / 24)
+  expected = (0.9 * tt + 0.25 * s).permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(dndm.dse_code(jnp.asarray(t)), expected, rtol=1e-5, atol=1e-6)
