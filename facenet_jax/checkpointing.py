@@ -163,8 +163,12 @@ class Checkpointer:
     """The meta of the newest intact best checkpoint (None when there is none)."""
     if not self.best.all_steps():
       return None
-    manager, step = self._resolve(None, best=True)
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    return self.meta(best=True)[1]
+
+  def meta(self, step: int | None = None, best: bool = False) -> tuple[int, dict[str, Any]]:
+    """(step, meta) of a step checkpoint (the newest intact one by default) or of the best."""
+    manager, step = self._resolve(step, best)
+    return step, manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
   def restore(self, target: TrainState, step: int | None = None, best: bool = False
               ) -> tuple[TrainState, dict[str, Any]]:
