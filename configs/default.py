@@ -160,15 +160,31 @@ def _dndm_model() -> ml_collections.ConfigDict:
   return model
 
 
+def _tsme_model() -> ml_collections.ConfigDict:
+  """TSME stage 2 (`facenet_jax.models.tsme.TSME`); stage 1 is configs/tsme_dsgan.py."""
+  model = ml_collections.ConfigDict()
+  model.name = 'tsme'
+  model.pretrained_path = ''        # converted ImageNet ResNet weights for the four streams
+  model.depth = 50                  # ResNet depth of the four streams: 18 | 34 | 50 | 101
+  model.width_multiplier = 1.0      # their width multiplier: 1 = the standard ResNet
+  model.dtype = 'float32'           # computation dtype: 'float32' | 'bfloat16' (params stay float32)
+  model.generator_workdir = ''      # the stage-1 workdir (scripts/train_dsgan.py); required
+  model.generator_depth = 50        # the stage-1 generators' encoder depth (checked at load)
+  model.generator_width_multiplier = 1.0  # and width
+  model.test_feature = 'fc'         # test embedding: 'fc' l2(y_1..y_6) (official) | 'pool5' stripes
+  return model
+
+
 MODEL_CONFIGS = {'facenet': _facenet_model, 'facenet_vit': _facenet_vit_model,
                  'single_stream': _single_stream_model, 'agw': _agw_model, 'deen': _deen_model,
-                 'fsc_net': _fsc_net_model, 'dndm': _dndm_model}
+                 'fsc_net': _fsc_net_model, 'dndm': _dndm_model, 'tsme': _tsme_model}
 # Loss fields a model needs set otherwise than below: IC (Eq. 8) compares the RGB and NI branches,
 # which a single-stream model (and AGW, one branch) does not have; AGW's triplet is WRT.
 MODEL_LOSS_OVERRIDES = {'single_stream': {'ic': False},
                         'agw': {'ic': False, 'triplet_kind': 'wrt'},
                         'deen': {'ic': False}, 'fsc_net': {'ic': False},
-                        'dndm': {'ic': False, 'triplet_kind': 'cross_domain'}}
+                        'dndm': {'ic': False, 'triplet_kind': 'cross_domain'},
+                        'tsme': {'ic': False}}
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -243,6 +259,7 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   loss.cpm_weight = 0.8             # DEEN / FSC-Net: cross-modality prototype margin loss weight
   loss.cpm_margin = 0.2             # DEEN / FSC-Net: its margin
   loss.ort_weight = 0.01            # DEEN / FSC-Net: orthogonality of the two expanded embeddings
+  loss.hc_weight = 0.5              # TSME: hetero-centre loss weight per head (official 0.5)
   loss.ngs_attention_weight = 0.0   # DNDM: the official code's NGS attention loss (paper: none; code: 1)
   loss.update(MODEL_LOSS_OVERRIDES.get(model, {}))
 

@@ -111,7 +111,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                                                    config.train.num_epochs)
   # The optimiser's decay/LR masks need only the parameter tree's structure.
   tx = optim.create_optimizer(config.optim, base.variable_template['params'], steps_per_epoch,
-                              config.train.num_epochs)
+                              config.train.num_epochs, freeze=base.spec.frozen)
   return Experiment(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
                     steps_per_epoch=steps_per_epoch, total_steps=total_steps, tx=tx,
                     learning_rate_fn=learning_rate_fn)
@@ -151,6 +151,8 @@ def create_state(exp: Experiment) -> TrainState:
       exp.model, exp.config.data.image_size, r))(init_rng)
   if exp.config.model.pretrained_path:
     variables = _load_pretrained(exp, variables)
+  if exp.spec.load_parts is not None:
+    variables = dict(exp.spec.load_parts(variables, exp.config))
   state = create_train_state(variables, exp.tx, state_rng)
   distributed.barrier('create_state')   # device_put checks equality across processes
   return sharding.replicate(state, exp.mesh)

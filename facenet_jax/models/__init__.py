@@ -9,5 +9,6 @@ from facenet_jax.models import dndm  # noqa: F401  (registers 'dndm')
 from facenet_jax.models import facenet  # noqa: F401  (registers 'facenet', 'facenet_vit')
 from facenet_jax.models import fscnet  # noqa: F401  (registers 'fsc_net')
 from facenet_jax.models import single_stream  # noqa: F401  (registers 'single_stream')
+from facenet_jax.models import tsme  # noqa: F401  (registers 'tsme')
 from facenet_jax.models.registry import build_model, get_spec, init_variables, names, \
     parameter_counts  # noqa: F401

@@ -50,6 +50,11 @@ class ModelSpec:
   load_pretrained: PretrainedLoader | None = None
   # (model, freshly initialised variables) -> variables, e.g. streams that start identical.
   finalize_init: Callable[[nn.Module, dict[str, Any]], dict[str, Any]] | None = None
+  # (variables, config) -> variables: parts a model reads from files whenever a run starts from
+  # scratch (TSME's stage-1 generators); errors name the file or config field.
+  load_parts: Callable[[Mapping[str, Any], ml_collections.ConfigDict], dict[str, Any]] | None = None
+  # 'a/b/leaf' parameter path -> True where the optimiser must never change it.
+  frozen: Callable[[str], bool] | None = None
   description: str = ''
 
 
