@@ -112,6 +112,8 @@ class Study:
   make_config: Callable[[str, int, str], Any]
   score: Callable[[Any, str, dict[str, Any]], dict[str, float]]
   settings: dict[str, Any]
+  # (row, seed, data_root) -> None, run before the config is made (e.g. TSME's stage 1).
+  prepare: Callable[[str, int, str], Any] | None = None
 
 
 def run_study(out_dir: str, study: Study, rows: Sequence[str], seeds: Sequence[int],
@@ -142,6 +144,8 @@ def run_study(out_dir: str, study: Study, rows: Sequence[str], seeds: Sequence[i
         continue
       log(f'{row} seed {seed}: training in {run_dir}')
       start = time.time()
+      if study.prepare is not None:
+        study.prepare(row, seed, str(data_root))
       config = study.make_config(row, seed, str(data_root))
       final = train.train_and_evaluate(config, str(run_dir))
       result = {'row': row, 'seed': seed, 'minutes': (time.time() - start) / 60,

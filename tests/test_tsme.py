@@ -141,3 +141,18 @@ def _restore_params(workdir, config):
   variables, _, _ = ckpt.restore_variables(exp.variable_template)
   ckpt.close()
   return jax.device_get(variables)
+
+
+def test_the_study_rows_share_data_and_schedule_and_tsme_reads_its_seeds_stage_1():
+  from experiments import tsme_study  # pylint: disable=g-import-not-at-top
+  settings = tsme_study.Settings()
+  agw, stage2 = (tsme_study.run_config(row, 2, settings, '/out/data') for row in tsme_study.ROWS)
+  assert agw.model.name == 'agw' and stage2.model.name == 'tsme'
+  assert stage2.model.generator_workdir == '/out/stage1/seed2'
+  stage1 = tsme_study.stage1_config(2, settings, '/out/data')
+  assert (stage1.gan.depth, stage1.gan.width_multiplier) == (
+      stage2.model.generator_depth, stage2.model.generator_width_multiplier)
+  for config in (agw, stage2):
+    assert config.train.num_epochs == settings.num_epochs and config.data.seed == 2
+    assert tuple(config.data.image_size) == settings.image_size
+    registry.build_model(config.model, num_classes=3)
