@@ -10,7 +10,10 @@ import ml_collections
 import pytest
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
-CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob('*.py') if not p.name.startswith('_'))
+# Stage-1 GAN configs (scripts/train_dsgan.py) have a data and a gan group, no model.
+GAN_CONFIGS = ('tsme_dsgan.py',)
+CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob('*.py')
+                      if not p.name.startswith('_') and p.name not in GAN_CONFIGS)
 GROUPS = {'data', 'model', 'loss', 'optim', 'train', 'eval'}
 
 
@@ -32,6 +35,16 @@ def test_every_config_has_the_six_groups_and_a_command_in_its_docstring(path):
   assert 'python scripts/train.py --config configs/' in module.__doc__
 
 
+@pytest.mark.parametrize('name', GAN_CONFIGS)
+def test_gan_configs_have_data_and_gan_groups_and_a_train_dsgan_command(name):
+  module = _load_module(CONFIG_DIR / name)
+  config = module.get_config()
+  assert set(config.keys()) == {'data', 'gan'}
+  default = _load_module(CONFIG_DIR / 'default.py')
+  assert set(config.data.keys()) == set(default.get_config().data.keys())
+  assert 'python scripts/train_dsgan.py --config configs/' in module.__doc__
+
+
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.name)
 def test_every_config_keeps_the_default_schema(path):
   """Experiment configs override values; they never invent or drop fields (the model group is
@@ -43,7 +56,8 @@ def test_every_config_keeps_the_default_schema(path):
   assert set(config.model.keys()) == set(default.model_config(config.model.name).keys())
 
 
-@pytest.mark.parametrize('name', ['facenet', 'facenet_vit', 'single_stream', 'agw', 'deen', 'fsc_net'])
+@pytest.mark.parametrize('name', ['facenet', 'facenet_vit', 'single_stream', 'agw', 'deen', 'fsc_net',
+                                  'dndm', 'tsme'])
 def test_a_model_config_group_holds_exactly_its_module_fields(name):
   """Config fields are module fields: nothing to copy by hand, nothing silently ignored."""
   from configs import default  # pylint: disable=g-import-not-at-top
