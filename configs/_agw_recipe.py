@@ -45,3 +45,20 @@ def apply(config, dataset: str, protocol: str):
 
 def get_agw_config(dataset: str, protocol: str):
   return apply(default.get_config('agw'), dataset, protocol)
+
+
+def shrink_to_synthetic(config):
+  """The recipe shrunk to the built-in synthetic sets (configs/*_synthetic.py): ResNet-18 at a
+  quarter width, 64x32 input, 30 epochs with the same warmup / step shape, from scratch."""
+  config.data.image_size = (64, 32)
+  config.data.pad_pixels = 4
+  config.data.eval_batch_size = 64
+  config.model.depth = 18
+  config.model.width_multiplier = 0.25
+  config.optim.warmup_epochs = 3
+  config.optim.decay_epochs = (20, 26)
+  config.train.num_epochs = 30
+  config.train.log_every_steps = 10
+  config.train.checkpoint_every_steps = 100
+  config.train.eval_every_epochs = 10
+  return config

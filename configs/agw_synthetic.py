@@ -24,17 +24,7 @@ def get_config(dataset: str = 'sysu_mm01'):
                      f'{tuple(PROTOCOLS)} (the layouts scripts/make_synthetic.py writes)')
   config = _agw_recipe.get_agw_config(dataset, PROTOCOLS[dataset])
   config.data.root = 'data/synthetic_sysu' if dataset == 'sysu_mm01' else 'data/synthetic_dn'
-  config.data.image_size = (64, 32)
-  config.data.pad_pixels = 4
+  config = _agw_recipe.shrink_to_synthetic(config)
   config.data.num_ids_per_batch = 8
   config.data.num_instances = 4
-  config.data.eval_batch_size = 64
-  config.model.depth = 18
-  config.model.width_multiplier = 0.25
-  config.optim.warmup_epochs = 3
-  config.optim.decay_epochs = (20, 26)
-  config.train.num_epochs = 30
-  config.train.log_every_steps = 10
-  config.train.checkpoint_every_steps = 100
-  config.train.eval_every_epochs = 10
   return config

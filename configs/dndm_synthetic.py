@@ -8,6 +8,7 @@ Argument `:code` gives the official code's variant. The recipe of configs/_dndm_
 like configs/agw_synthetic.py: ResNet-18 at a quarter width, 64x32 input, 30 epochs, from scratch.
 """
 
+from configs import _agw_recipe
 from configs import _dndm_recipe
 
 
@@ -17,16 +18,6 @@ def get_config(variant: str = 'paper'):
   get = _dndm_recipe.get_paper_config if variant == 'paper' else _dndm_recipe.get_code_config
   config = get('dn348')
   config.data.root = 'data/synthetic_dn'
-  config.data.image_size = (64, 32)
-  config.data.pad_pixels = 4
-  config.data.eval_batch_size = 64
+  config = _agw_recipe.shrink_to_synthetic(config)
   config.data.glare_min_region = 4      # the 9-pixel default is for 256x256 images
-  config.model.depth = 18
-  config.model.width_multiplier = 0.25
-  config.optim.warmup_epochs = 3
-  config.optim.decay_epochs = (20, 26)
-  config.train.num_epochs = 30
-  config.train.log_every_steps = 10
-  config.train.checkpoint_every_steps = 100
-  config.train.eval_every_epochs = 10
   return config

@@ -53,25 +53,33 @@ def run_config(row: str, seed: int, settings: Settings, data_root: str):
   spec = dict(ROWS[row])
   model = spec.pop('model')
   get = _deen_recipe.get_fsc_config if model == 'fsc_net' else _deen_recipe.get_deen_config
-  config = get('sysu_mm01', 'sysu_single')
-  config.data.root = data_root
-  config.data.image_size = tuple(settings.image_size)
+  config = study_schedule(get('sysu_mm01', 'sysu_single'), seed, settings, data_root)
   config.data.pad_pixels = 4
   config.data.num_ids_per_batch, config.data.num_instances = 8, 4
-  config.data.eval_batch_size = 64
-  config.data.seed = seed
-  config.model.depth, config.model.width_multiplier = 18, settings.width_multiplier
+  config.model.depth = 18
   for field, value in spec.items():
     setattr(config.model, field, value)
-  config.optim.warmup_epochs = 2
+  config.eval.flip_test = False
+  config.eval.distance = 'cosine'
+  return config
+
+
+def study_schedule(config, seed: int, settings, data_root: str):
+  """What every synthetic study run shares: the data, the image size, the width, the seeds and a
+  schedule of `settings.num_epochs` (warmup 2, steps at 14 and 18 as 20 epochs' shape), scored
+  once at the last step. `settings` has `image_size`, `width_multiplier`, `num_epochs`."""
+  config.data.root = data_root
+  config.data.image_size = tuple(settings.image_size)
+  config.data.eval_batch_size = 64
+  config.data.seed = seed
+  config.model.width_multiplier = settings.width_multiplier
+  config.optim.warmup_epochs = min(config.optim.warmup_epochs, 2)
   config.optim.decay_epochs = (14, 18)
   config.train.num_epochs = settings.num_epochs
   config.train.seed = 1000 + seed
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 100
   config.train.eval_every_epochs = settings.num_epochs
-  config.eval.flip_test = False
-  config.eval.distance = 'cosine'
   return config
 
 

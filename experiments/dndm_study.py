@@ -53,19 +53,11 @@ class Settings:
 def run_config(row: str, seed: int, settings: Settings, data_root: str):
   """The config of one (row, seed): configs/dndm_synthetic.py with the row's modules."""
   from configs import dndm_synthetic  # pylint: disable=g-import-not-at-top
-  config = dndm_synthetic.get_config('paper')
-  config.data.root = data_root
-  config.data.image_size = tuple(settings.image_size)
-  config.data.seed = seed
-  config.model.width_multiplier = settings.width_multiplier
+  from experiments import cross_modal_ablation  # pylint: disable=g-import-not-at-top
+  config = cross_modal_ablation.study_schedule(dndm_synthetic.get_config('paper'), seed,
+                                               settings, data_root)
   for field, value in ROWS[row].items():
     setattr(config.model, field, value)
-  config.optim.warmup_epochs = 2
-  config.optim.decay_epochs = (14, 18)
-  config.train.num_epochs = settings.num_epochs
-  config.train.seed = 1000 + seed
-  config.train.log_every_steps = 50
-  config.train.eval_every_epochs = settings.num_epochs
   return config
 
 

@@ -28,14 +28,8 @@ METRICS = cross_modal_ablation.METRICS
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-  num_ids: int = 90
-  images_per_camera: int = 2
-  image_size: tuple[int, int] = (64, 32)
-  width_multiplier: float = 0.25
-  num_epochs: int = 20
+class Settings(cross_modal_ablation.Settings):
   gan_steps: int = 600
-  data_seed: int = 0
 
 
 def stage1_dir(data_root: str, seed: int) -> str:
@@ -66,19 +60,7 @@ def run_config(row: str, seed: int, settings: Settings, data_root: str):
     config.model.generator_depth = 18
     config.model.generator_width_multiplier = settings.width_multiplier
     config.data.pad_pixels = 0
-  config.data.root = data_root
-  config.data.image_size = tuple(settings.image_size)
-  config.data.eval_batch_size = 64
-  config.data.seed = seed
-  config.model.width_multiplier = settings.width_multiplier
-  config.optim.warmup_epochs = 2 if row == 'agw' else 0
-  config.optim.decay_epochs = (14, 18)
-  config.train.num_epochs = settings.num_epochs
-  config.train.seed = 1000 + seed
-  config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 100
-  config.train.eval_every_epochs = settings.num_epochs
-  return config
+  return cross_modal_ablation.study_schedule(config, seed, settings, data_root)
 
 
 def study(settings: Settings = Settings()) -> cross_modal_ablation.Study:

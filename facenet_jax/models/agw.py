@@ -81,15 +81,9 @@ def agw_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
 
   Refuses the FACENet-only terms (IC, relation), which need several modality branches.
   """
-  if loss_config.ic:
-    raise ValueError('config.loss.ic=True: the IC loss compares FACENet branches; AGW has one '
-                     'branch: set config.loss.ic=False.')
-  if loss_config.relation != 'none':
-    raise ValueError(f'config.loss.relation={loss_config.relation!r} needs several modality '
-                     "branches; AGW has one: set config.loss.relation='none'.")
+  facenet.check_single_branch_loss(loss_config, 'AGW')
   terms, metrics = facenet.reid_terms(outputs, batch['pid'], loss_config, (BRANCH,))
-  return ({k: v.astype(jnp.float32) for k, v in terms.items()},
-          {k: v.astype(jnp.float32) for k, v in metrics.items()})
+  return facenet.float32_terms(terms, metrics)
 
 
 def load_imagenet_backbone(variables, path, model_config, image_size):

@@ -229,9 +229,7 @@ def deen_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
   the same ids in the same order after them (the cross-modality stream's layout, which CPM's
   per-identity centres rely on, as the official code's chunking).
   """
-  if loss_config.ic:
-    raise ValueError('config.loss.ic=True: the IC loss compares FACENet branches; set it to '
-                     'False for DEEN')
+  facenet.check_single_branch_loss(loss_config, 'DEEN')
   labels = batch['pid']
   tiled = jnp.concatenate([labels] * 3)
   terms, metrics = facenet.reid_terms(outputs, tiled, loss_config, (BRANCH,))
@@ -246,8 +244,7 @@ def deen_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
   metrics['orthogonality'] = outputs['orthogonality']
   terms['cpm'] = loss_config.cpm_weight * cpm
   terms['orthogonality'] = loss_config.ort_weight * outputs['orthogonality']
-  return ({k: v.astype(jnp.float32) for k, v in terms.items()},
-          {k: v.astype(jnp.float32) for k, v in metrics.items()})
+  return facenet.float32_terms(terms, metrics)
 
 
 registry.register(registry.ModelSpec(

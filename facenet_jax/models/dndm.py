@@ -338,19 +338,13 @@ def dndm_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
                      ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """'id' (CE), 'triplet' (`loss.triplet_kind`: 'cross_domain' paper Eq. 2, 'batch_hard' code)
   and, with `loss.ngs_attention_weight` > 0 and NGS on, 'attention' (`attention_loss`)."""
-  if loss_config.ic:
-    raise ValueError('config.loss.ic=True: the IC loss compares FACENet branches; set it to '
-                     'False for DNDM')
-  if loss_config.relation != 'none':
-    raise ValueError(f'config.loss.relation={loss_config.relation!r} needs several modality '
-                     "branches; DNDM has one: set config.loss.relation='none'.")
+  facenet.check_single_branch_loss(loss_config, 'DNDM')
   terms, metrics = facenet.reid_terms(outputs, batch['pid'], loss_config, (BRANCH,),
                                       domains=batch['modality'])
   if loss_config.ngs_attention_weight > 0 and 'ngs_map' in outputs:
     metrics['attention'] = attention_loss(outputs['ngs_map'], batch['modality'])
     terms['attention'] = loss_config.ngs_attention_weight * metrics['attention']
-  return ({k: v.astype(jnp.float32) for k, v in terms.items()},
-          {k: v.astype(jnp.float32) for k, v in metrics.items()})
+  return facenet.float32_terms(terms, metrics)
 
 
 registry.register(registry.ModelSpec(

@@ -302,6 +302,23 @@ def _relation_term(features: Mapping[str, jax.Array], labels: jax.Array,
   return losses.hetero_center_loss(f_r, f_n, labels, distance=loss_config.hc_distance)
 
 
+def check_single_branch_loss(loss_config: ml_collections.ConfigDict, model: str) -> None:
+  """Refuses the FACENet-only terms (IC, relation) for a model without modality branches."""
+  if loss_config.ic:
+    raise ValueError(f'config.loss.ic=True: the IC loss compares FACENet branches; {model} has '
+                     'none: set config.loss.ic=False.')
+  if loss_config.relation != 'none':
+    raise ValueError(f'config.loss.relation={loss_config.relation!r} needs several modality '
+                     f"branches; {model} has one: set config.loss.relation='none'.")
+
+
+def float32_terms(terms: Mapping[str, jax.Array], metrics: Mapping[str, jax.Array]
+                  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """A loss bundle's (terms, metrics) as float32 scalars."""
+  return ({k: v.astype(jnp.float32) for k, v in terms.items()},
+          {k: v.astype(jnp.float32) for k, v in metrics.items()})
+
+
 def reid_terms(outputs: Mapping[str, Any], labels: jax.Array,
                loss_config: ml_collections.ConfigDict, branches: tuple[str, ...],
                domains: jax.Array | None = None

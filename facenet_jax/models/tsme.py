@@ -187,9 +187,7 @@ def tsme_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
   halves hold the same identities in the same order (also across processes), which the HC
   centres rely on as the official chunking does.
   """
-  if loss_config.ic:
-    raise ValueError('config.loss.ic=True: the IC loss compares FACENet branches; set it to '
-                     'False for TSME')
+  facenet.check_single_branch_loss(loss_config, 'TSME')
   labels, modality = batch['pid'], batch['modality']
   order = jnp.argsort(modality, stable=True)
   half = labels.shape[0] // 2
@@ -205,8 +203,7 @@ def tsme_loss_bundle(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
     hcs.append(hc)
   metrics['acc_part1'] = losses.top1_accuracy(outputs['logits']['part1'], labels)
   terms = {'id': loss_config.id_weight * sum(ids), 'hc': loss_config.hc_weight * sum(hcs)}
-  return ({k: v.astype(jnp.float32) for k, v in terms.items()},
-          {k: v.astype(jnp.float32) for k, v in metrics.items()})
+  return facenet.float32_terms(terms, metrics)
 
 
 def frozen_parameter(path: str) -> bool:
