@@ -60,12 +60,6 @@ def _from_nchw(y: jax.Array, channels: int, h: int, w: int) -> jax.Array:
   return jnp.transpose(y.reshape(y.shape[0], channels, h, w), (0, 2, 3, 1))
 
 
-def _zero_bn(train: bool, dtype, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=resnet.BN_MOMENTUM,
-                      epsilon=resnet.BN_EPSILON, dtype=dtype, param_dtype=jnp.float32,
-                      scale_init=nn.initializers.zeros, bias_init=nn.initializers.zeros, name=name)
-
-
 def _conv1x1(features: int, dtype, name: str, stride: int = 1) -> nn.Conv:
   return nn.Conv(features, (1, 1), strides=(stride, stride), padding='VALID', dtype=dtype,
                  param_dtype=jnp.float32, name=name)
@@ -89,7 +83,7 @@ class CNL(nn.Module):
     y = jnp.einsum('bij,bjn->bin', energy / energy.shape[-1], g)                    # [B, Cl, Nl]
     y = _from_nchw(y, self.low_dim, hl, wl)
     w_y = _conv1x1(self.high_dim, self.dtype, 'w', stride)(y)
-    return x_h + _zero_bn(train, self.dtype, 'w_bn')(w_y)
+    return x_h + resnet.zero_init_batch_norm(train, self.dtype, 'w_bn')(w_y)
 
 
 class PNL(nn.Module):
@@ -110,7 +104,7 @@ class PNL(nn.Module):
     y = jnp.einsum('bij,bcj->bic', energy / energy.shape[-1], g)                    # [B, Nh/2, Cl]
     y = _from_nchw(jnp.transpose(y, (0, 2, 1)), inter, hh, wh)
     w_y = _conv1x1(self.high_dim, self.dtype, 'w')(y)
-    return x_h + _zero_bn(train, self.dtype, 'w_bn')(w_y)
+    return x_h + resnet.zero_init_batch_norm(train, self.dtype, 'w_bn')(w_y)
 
 
 class MFA(nn.Module):

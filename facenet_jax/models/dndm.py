@@ -67,11 +67,6 @@ CODE_CCA_TRAIN = 0.05
 CODE_CCA_TEST = 0.1
 
 
-def _bn(train: bool, dtype, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=resnet.BN_MOMENTUM,
-                      epsilon=resnet.BN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
 # ----------------------------------------------------------------------------- glare mask
 
 
@@ -221,13 +216,13 @@ class CCA(nn.Module):
     if self.rule == 'paper':
       p = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
                   param_dtype=jnp.float32, name='project')(t)
-      p = _bn(train, self.dtype, 'project_bn')(p)
+      p = resnet.batch_norm(train, self.dtype, 'project_bn')(p)
       if train:
         a = jax.nn.sigmoid(head.class_maps(p, pid))                        # label's map [B, h, w]
         p = p * exchange_maps(a, modality, pid)[..., None].astype(p.dtype)
       back = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                      name='back_project')(p)
-      return t + nn.relu(_bn(train, self.dtype, 'back_project_bn')(back))
+      return t + nn.relu(resnet.batch_norm(train, self.dtype, 'back_project_bn')(back))
     project = nn.Dense(self.features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                        kernel_init=nn.initializers.normal(0.001), name='project')
     p = project(t)

@@ -37,11 +37,6 @@ import jax.numpy as jnp
 from facenet_jax.models import resnet
 
 
-def _bn(train: bool, name: str, dtype=jnp.float32) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=resnet.BN_MOMENTUM,
-                      epsilon=resnet.BN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
 def conv_transpose_torch(features: int, name: str, dtype=jnp.float32) -> nn.ConvTranspose:
   """torch `ConvTranspose2d(kernel 4, stride 2, padding 1, bias=False)`: H -> 2H."""
   # A transposed conv with torch padding p is a dilated conv padded by k - 1 - p on each side.
@@ -59,16 +54,16 @@ class DecoderBottleneck(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out = 4 * self.width
     y = nn.Conv(self.width, (1, 1), use_bias=False, dtype=self.dtype, name='conv1')(x)
-    y = nn.relu(_bn(train, 'bn1', self.dtype)(y))
+    y = nn.relu(resnet.batch_norm(train, self.dtype, 'bn1')(y))
     y = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
                 name='conv2')(y)
-    y = nn.relu(_bn(train, 'bn2', self.dtype)(y))
+    y = nn.relu(resnet.batch_norm(train, self.dtype, 'bn2')(y))
     y = nn.Conv(out, (1, 1), use_bias=False, dtype=self.dtype, name='conv3')(y)
-    y = _bn(train, 'bn3', self.dtype)(y)
+    y = resnet.batch_norm(train, self.dtype, 'bn3')(y)
     shortcut = x
     if x.shape[-1] != out:
       shortcut = nn.Conv(out, (1, 1), use_bias=False, dtype=self.dtype, name='downsample_conv')(x)
-      shortcut = _bn(train, 'downsample_bn', self.dtype)(shortcut)
+      shortcut = resnet.batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
     return nn.relu(y + shortcut)
 
 
@@ -95,7 +90,7 @@ class EncoderStem(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
     x = nn.Conv(self.features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                 use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name='conv')(x)
-    x1 = nn.relu(_bn(train, 'bn', self.dtype)(x))
+    x1 = nn.relu(resnet.batch_norm(train, self.dtype, 'bn')(x))
     return x1, nn.max_pool(x1, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 

@@ -106,9 +106,7 @@ class SPT(nn.Module):
     c = u.shape[-1]
     y = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c, dtype=self.dtype,
                 param_dtype=jnp.float32, name='conv')(u)
-    y = nn.BatchNorm(use_running_average=not train, momentum=resnet.BN_MOMENTUM,
-                     epsilon=resnet.BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
-                     name='norm')(y)
+    y = resnet.batch_norm(train, self.dtype, 'norm')(y)
     return u + jnp.tanh(y)
 
 

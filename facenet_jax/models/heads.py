@@ -23,9 +23,7 @@ class BNNeckHead(nn.Module):
 
   @nn.compact
   def __call__(self, g: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    b = nn.BatchNorm(use_running_average=not train, use_bias=False, use_scale=True,
-                     momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON, dtype=self.dtype,
-                     param_dtype=jnp.float32, name='bnneck')(g)
+    b = resnet.batch_norm(train, self.dtype, 'bnneck', use_bias=False)(g)
     logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,
                       param_dtype=jnp.float32, kernel_init=nn.initializers.normal(0.001),
                       name='classifier')(b)

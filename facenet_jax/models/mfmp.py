@@ -71,12 +71,6 @@ def _conv(features: int, kernel: int, dtype: Any, name: str, use_bias: bool = Fa
                  name=name)
 
 
-def _batch_norm(train: bool, dtype: Any, name: str, **kwargs) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=resnet.BN_MOMENTUM,
-                      epsilon=resnet.BN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name,
-                      **kwargs)
-
-
 def hidden_width(channels: int, ratio: float) -> int:
   """Width of an FMI hidden layer: round(ratio * channels), at least 1."""
   return max(1, int(round(channels * ratio)))
@@ -98,7 +92,7 @@ class FMIConvStack(nn.Module):
     for i, (width, kernel) in enumerate(plan):
       # SmallMapConv: same parameters as nn.Conv, fast on the small layer-4 maps of XLA:CPU.
       x = resnet.SmallMapConv(width, kernel, 1, self.dtype, name=f'conv{i}')(x)
-      x = nn.relu(_batch_norm(train, self.dtype, f'bn{i}')(x))
+      x = nn.relu(resnet.batch_norm(train, self.dtype, f'bn{i}')(x))
     return x
 
 
@@ -156,7 +150,7 @@ class MaskLogits(nn.Module):
     affine = m_com * f_s + f_s                     # Eq. 5: Mtrx_A = M_com * f_S + f_S
     m = f_s * affine + f_s                         # Eq. 6 (read as M_S = f_S * Mtrx_A + f_S)
     # Standardise per channel (no learned scale/shift: Delta is the only learned offset).
-    m = _batch_norm(train, jnp.float32, 'standardize', use_bias=False, use_scale=False)(
+    m = resnet.batch_norm(train, jnp.float32, 'standardize', use_bias=False, use_scale=False)(
         m.astype(jnp.float32))
     return m
 
@@ -188,7 +182,7 @@ class FlareHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # GAP: [B, C]
-    pooled = _batch_norm(train, self.dtype, 'bn', use_bias=False)(pooled)
+    pooled = resnet.batch_norm(train, self.dtype, 'bn', use_bias=False)(pooled)
     logits = nn.Dense(2, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
                       kernel_init=nn.initializers.normal(0.001), name='classifier')(pooled)
     return logits.astype(jnp.float32)

@@ -129,9 +129,19 @@ def _conv_torch_padding(x: jax.Array, features: int, kernel: int, stride: int, d
   return SmallMapConv(features, kernel, stride, dtype, name=name)(x)
 
 
-def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, dtype: Any, name: str, **kwargs) -> nn.BatchNorm:
+  """torch's BatchNorm2d / 1d defaults (momentum 0.1, eps 1e-5), float32 parameters; `kwargs`
+  go to `nn.BatchNorm` (e.g. `use_bias=False`, initialisers)."""
   return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                      epsilon=BN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name)
+                      epsilon=BN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name,
+                      **kwargs)
+
+
+def zero_init_batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+  """`batch_norm` with scale and bias starting at zero: a residual branch ending in it starts as
+  the identity (non-local blocks)."""
+  return batch_norm(train, dtype, name, scale_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.zeros)
 
 
 class BasicBlock(nn.Module):
@@ -143,13 +153,13 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = _conv_torch_padding(x, self.features, 3, self.stride, self.dtype, 'conv1')
-    y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+    y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
     y = _conv_torch_padding(y, self.features, 3, 1, self.dtype, 'conv2')
-    y = _batch_norm(train, self.dtype, 'bn2')(y)
+    y = batch_norm(train, self.dtype, 'bn2')(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = _conv(self.features, 1, self.stride, self.dtype, 'downsample_conv')(x)
-      shortcut = _batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
+      shortcut = batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
     return nn.relu(y + shortcut)
 
 
@@ -163,15 +173,15 @@ class Bottleneck(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out_features = self.features * EXPANSION['bottleneck']
     y = _conv(self.features, 1, 1, self.dtype, 'conv1')(x)
-    y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+    y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
     y = _conv_torch_padding(y, self.features, 3, self.stride, self.dtype, 'conv2')
-    y = nn.relu(_batch_norm(train, self.dtype, 'bn2')(y))
+    y = nn.relu(batch_norm(train, self.dtype, 'bn2')(y))
     y = _conv(out_features, 1, 1, self.dtype, 'conv3')(y)
-    y = _batch_norm(train, self.dtype, 'bn3')(y)
+    y = batch_norm(train, self.dtype, 'bn3')(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != out_features:
       shortcut = _conv(out_features, 1, self.stride, self.dtype, 'downsample_conv')(x)
-      shortcut = _batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
+      shortcut = batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
     return nn.relu(y + shortcut)
 
 
@@ -191,7 +201,7 @@ class Stem(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = _conv(self.features, 7, 2, self.dtype, 'conv')(x.astype(self.dtype))
-    x = nn.relu(_batch_norm(train, self.dtype, 'bn')(x))
+    x = nn.relu(batch_norm(train, self.dtype, 'bn')(x))
     if self.pool == '2x2':
       return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
     # Padded with -inf like torch's MaxPool2d(3, 2, padding=1).

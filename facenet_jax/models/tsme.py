@@ -94,10 +94,7 @@ class PartHead(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
     y = nn.Dense(HEAD_DIM, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=KAIMING_FAN_OUT, bias_init=nn.initializers.zeros, name='feature')(x)
-    y = nn.BatchNorm(use_running_average=not train, momentum=resnet.BN_MOMENTUM,
-                     epsilon=resnet.BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
-                     scale_init=lambda k, s, d: 1.0 + 0.01 * jax.random.normal(k, s, d),
-                     name='feature_bn')(y)
+    y = resnet.batch_norm(train, self.dtype, 'feature_bn', scale_init=lambda k, s, d: 1.0 + 0.01 * jax.random.normal(k, s, d))(y)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                       kernel_init=nn.initializers.normal(0.001), bias_init=nn.initializers.zeros,
                       name='classifier')(nn.leaky_relu(y, 0.1))

@@ -76,10 +76,7 @@ class NonLocal(nn.Module):
     affinity = jnp.einsum('bic,bjc->bij', theta, phi) / n          # [B, N, N], no softmax
     y = jnp.einsum('bij,bjc->bic', affinity, g).reshape(b, h, w, self.inter_channels)
     y = conv('w', c)(y)
-    y = nn.BatchNorm(use_running_average=not train, momentum=resnet.BN_MOMENTUM,
-                     epsilon=resnet.BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
-                     scale_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
-                     name='w_bn')(y)
+    y = resnet.zero_init_batch_norm(train, self.dtype, 'w_bn')(y)
     return x + y
 
 

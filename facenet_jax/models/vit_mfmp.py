@@ -139,9 +139,7 @@ class FlareTokenHead(nn.Module):
   def __call__(self, tokens: jax.Array, train: bool) -> jax.Array:
     h = vit.TokenHead(self.num_heads, self.mlp_ratio, self.drop_path, self.dtype,
                       name='token_head')(tokens, train)
-    h = nn.BatchNorm(use_running_average=not train, use_bias=False, momentum=resnet.BN_MOMENTUM,
-                     epsilon=resnet.BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
-                     name='bn')(h)
+    h = resnet.batch_norm(train, self.dtype, 'bn', use_bias=False)(h)
     logits = nn.Dense(2, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
                       kernel_init=nn.initializers.normal(0.001), name='classifier')(h)
     return logits.astype(jnp.float32)
