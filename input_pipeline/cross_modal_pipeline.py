@@ -31,7 +31,6 @@ code resizes at load with LANCZOS) and, with data.cache_images, kept in memory a
 
 from __future__ import annotations
 
-import threading
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -71,20 +70,12 @@ class ImageStore:
     return image
 
 
-_STORES: dict = {}
-_STORES_LOCK = threading.Lock()
-
-
 def _get_store(records: Sequence[ImageRecord], data_config, method: str) -> ImageStore:
   if not data_config.cache_images:
     return ImageStore(records, data_config.image_size, method, False)
-  key = (tuple(records), tuple(data_config.image_size), method)
-  with _STORES_LOCK:
-    if key not in _STORES:
-      while len(_STORES) >= 4:
-        _STORES.pop(next(iter(_STORES)))
-      _STORES[key] = ImageStore(records, data_config.image_size, method, True)
-    return _STORES[key]
+  key = ('cross_modal', tuple(records), tuple(data_config.image_size), method)
+  return pipeline.cached_store(key, lambda: ImageStore(records, data_config.image_size, method,
+                                                       True))
 
 
 def _signature(rows: int, data_config, eval_keys: bool) -> dict:

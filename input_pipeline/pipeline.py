@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -112,6 +112,21 @@ _STORES_LOCK = threading.Lock()
 _MAX_CACHED_STORES = 4
 
 
+def cached_store(key: tuple, make: Callable[[], Any]) -> Any:
+  """The store cached under `key` (made by `make()` on a miss); the last few are kept (LRU).
+
+  Shared by the triplet and the cross-modality streams, so train and eval streams over the same
+  records decode each image once."""
+  with _STORES_LOCK:
+    store = _STORES.pop(key, None)
+    if store is None:
+      store = make()
+    _STORES[key] = store
+    while len(_STORES) > _MAX_CACHED_STORES:
+      _STORES.popitem(last=False)
+  return store
+
+
 def _get_store(records: Sequence[Record], data_config, method: str) -> TripletStore:
   """A TripletStore, shared between calls with the same records and settings when caching."""
   loader = _loader_for(records)
@@ -119,15 +134,8 @@ def _get_store(records: Sequence[Record], data_config, method: str) -> TripletSt
     return TripletStore(records, data_config.image_size, method, data_config.flare_rule, False,
                         loader)
   key = (tuple(records), tuple(data_config.image_size), method, data_config.flare_rule)
-  with _STORES_LOCK:
-    store = _STORES.pop(key, None)
-    if store is None:
-      store = TripletStore(records, data_config.image_size, method, data_config.flare_rule, True,
-                           loader)
-    _STORES[key] = store
-    while len(_STORES) > _MAX_CACHED_STORES:
-      _STORES.popitem(last=False)
-  return store
+  return cached_store(key, lambda: TripletStore(records, data_config.image_size, method,
+                                                data_config.flare_rule, True, loader))
 
 
 def clear_cache() -> None:

@@ -188,15 +188,18 @@ class CrossModalSampler:
       return rng.choice(members, k, replace=False)
     return rng.permutation(np.concatenate([members, rng.choice(members, k - len(members))]))
 
+  def _step_draw(self, step: int) -> tuple[np.random.Generator, np.ndarray]:
+    """The step's generator after drawing its P distinct ids, and their positions in `ids`."""
+    rng = np.random.default_rng([self.seed, int(step), 0xC405])
+    return rng, rng.choice(len(self.ids), self.num_ids_per_batch, replace=False)
+
   def batch_indices_for_step(self, step: int) -> tuple[np.ndarray, np.ndarray]:
     """(pool-0 indices [P * K], pool-1 indices [P * K]) of global step `step`, id-major, aligned."""
-    rng = np.random.default_rng([self.seed, int(step), 0xC405])
-    chosen = rng.choice(len(self.ids), self.num_ids_per_batch, replace=False)
+    rng, chosen = self._step_draw(step)
     halves = [np.concatenate([self._draw(rng, members[i]) for i in chosen])
               for members in self._members]
     return halves[0], halves[1]
 
   def batch_ids_for_step(self, step: int) -> np.ndarray:
     """[P] training labels of the ids of step `step`, in batch order."""
-    rng = np.random.default_rng([self.seed, int(step), 0xC405])
-    return np.asarray(self.ids)[rng.choice(len(self.ids), self.num_ids_per_batch, replace=False)]
+    return np.asarray(self.ids)[self._step_draw(step)[1]]

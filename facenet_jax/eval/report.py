@@ -63,7 +63,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   visualize.plot_cmc(metrics['cmc'], files['cmc'],
                      title=f'{config.data.dataset} CMC (step {restored_step})')
   # Rank-list pictures show aligned triplets; the cross-modality sets get the metrics and CMC.
-  cross_modal = not hasattr(exp.query[0], 'rgb_path')
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  cross_modal = pipeline.is_cross_modal(config.data.dataset)
   if not cross_modal:
     files['rank_list'] = out / 'rank_list.png'
     _plot_rank_list(q['embedding'], g['embedding'], exp.query, exp.gallery, config,
