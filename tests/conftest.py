@@ -46,6 +46,7 @@ def tiny_synthetic_root(tmp_path_factory) -> str:
 # The longest test files start first, so that with two xdist workers (`--dist loadfile`) the
 # short files fill the gaps at the end instead of one long file running alone after the rest.
 LONGEST_FIRST = ('test_multihost.py', 'test_train_driver.py', 'test_flare_study.py',
+                 'test_tsme.py', 'test_dndm.py', 'test_dsgan_training.py',
                  'test_cross_modal_training.py', 'test_benchmark.py', 'test_train_step.py',
                  'test_fscnet.py', 'test_vit.py', 'test_facenet.py', 'test_deen.py', 'test_agw.py')
 
