@@ -365,14 +365,15 @@ def test_a_batch_without_the_glare_stream_names_the_config_field(dn_root):
     batches.DAY_NIGHT_IMAGES.model_inputs(batch)
 
 
-@pytest.mark.parametrize('variant', ['paper', 'code'])
-def test_dndm_trains_a_few_steps_and_evaluates(dn_root, tmp_path, capsys, variant):
+def test_the_code_variant_trains_a_few_steps_with_its_attention_loss(dn_root, tmp_path, capsys):
+  # (The paper variant trains and is scored in both directions in the study test below.)
+  variant = 'code'
   config = _tiny_config(dn_root, variant)
   config.train.max_steps = 3
   final = train.train_and_evaluate(config, str(tmp_path / variant))
   out = capsys.readouterr().out
   assert 'dndm on dn348' in out
-  assert ('attention' in out) == (variant == 'code')
+  assert 'attention' in out
   losses_seen = [float(line.split('loss ')[1].split()[0]) for line in out.splitlines()
                  if line.startswith('step ')]
   assert len(losses_seen) == 3 and all(np.isfinite(losses_seen))
