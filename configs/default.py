@@ -155,7 +155,7 @@ def _dndm_model() -> ml_collections.ConfigDict:
   model.cca_rule = 'paper'          # 'paper' Eq. 10-13 | 'code' argmax map, 0.05 / 0.1 products
   model.pooling = 'avg'             # 'avg' (GAP, paper) | 'gem' (code)
   model.gem_p = 3.0                 # GeM exponent with pooling='gem'
-  model.bnneck = False              # BNNeck before the classifier (code: yes; paper Eq. 1: no)
+  model.bnneck = True               # BNNeck before the classifier (BOT, code; Eq. 1 writes none: models/dndm.py)
   model.neck_feat = 'after'         # test embedding with a BNNeck: 'after' | 'before'
   return model
 

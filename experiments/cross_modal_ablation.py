@@ -66,7 +66,7 @@ def run_config(row: str, seed: int, settings: Settings, data_root: str):
 
 def study_schedule(config, seed: int, settings, data_root: str):
   """What every synthetic study run shares: the data, the image size, the width, the seeds and a
-  schedule of `settings.num_epochs` (warmup 2, steps at 14 and 18 as 20 epochs' shape), scored
+  schedule of `settings.num_epochs` = n (warmup 2, LR steps at 0.7 n and 0.9 n), scored
   once at the last step. `settings` has `image_size`, `width_multiplier`, `num_epochs`."""
   config.data.root = data_root
   config.data.image_size = tuple(settings.image_size)
@@ -74,7 +74,8 @@ def study_schedule(config, seed: int, settings, data_root: str):
   config.data.seed = seed
   config.model.width_multiplier = settings.width_multiplier
   config.optim.warmup_epochs = min(config.optim.warmup_epochs, 2)
-  config.optim.decay_epochs = (14, 18)
+  n = settings.num_epochs
+  config.optim.decay_epochs = (round(0.7 * n), round(0.9 * n))
   config.train.num_epochs = settings.num_epochs
   config.train.seed = 1000 + seed
   config.train.log_every_steps = 50

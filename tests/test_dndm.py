@@ -388,7 +388,8 @@ def test_the_study_rows_build_table_3_and_a_run_is_scored_in_both_directions(tmp
   configs = {row: dndm_study.run_config(row, 2, settings, '/data') for row in dndm_study.ROWS}
   assert [(c.model.ngs, c.model.dse, c.model.cca) for c in configs.values()] == [
       (False, False, False), (True, False, False), (False, True, False), (False, False, True),
-      (True, True, False), (True, True, True)]
+      (True, True, False), (True, True, True), (True, True, True)]
+  assert configs['dndm_code_cca'].model.cca_rule == 'code' and configs['dndm'].model.cca_rule == 'paper'
   for config in configs.values():   # every row builds, on the same schedule and data
     registry.build_model(config.model, num_classes=3)
     assert config.data.seed == 2 and config.data.glare_mask == 'paper'
