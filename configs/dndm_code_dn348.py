@@ -6,8 +6,11 @@ triplet over both domains and the NGS attention loss.
     python scripts/train.py --config configs/dndm_code_dn348.py --workdir runs/dndm_code_dn348 \
         --config.data.root=/path/to/DN348 --config.model.pretrained_path=/path/to/resnet50.pth
 
-Not reproduced: the official test script's stem swap and its "/10" print (README). `:dnwild`
-selects DNWild.
+Not reproduced: the official test script's stem swap and its "/10" print (README). Known
+remaining differences from the official run: random erasing fills with N(0, 1) noise (official:
+zeros), images are resized bicubically (official: ANTIALIAS at load), the exchange mean in CCA
+omits the official `+1e-8`, and the kept checkpoint is the latest (official: best test Rank-1).
+`:dnwild` selects DNWild.
 """
 
 from configs import _dndm_recipe
