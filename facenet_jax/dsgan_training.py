@@ -40,8 +40,7 @@ import optax
 
 from facenet_jax.models import dsgan
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = dsgan.IMAGENET_MEAN, dsgan.IMAGENET_STD
 GENERATOR_NAMES = {'g_ab': 'visible_to_infrared', 'g_ba': 'infrared_to_visible'}
 
 
@@ -190,7 +189,12 @@ def sample_batch(stores, pools: Mapping[int, np.ndarray], batch_size: int, seed:
 
 def generator_variables(state: GanState) -> dict[str, dict[str, Any]]:
   """{'visible_to_infrared', 'infrared_to_visible'}: {'params', 'batch_stats'} of the generators."""
-  return {name: {'params': state.params[key], 'batch_stats': state.batch_stats[key]}
+  return _generators_of(state.params, state.batch_stats)
+
+
+def _generators_of(params: Mapping[str, Any], batch_stats: Mapping[str, Any]
+                   ) -> dict[str, dict[str, Any]]:
+  return {name: {'params': params[key], 'batch_stats': batch_stats[key]}
           for key, name in GENERATOR_NAMES.items()}
 
 
@@ -294,6 +298,4 @@ def load_generators(workdir: str, settings: GanSettings | None = None
   target = {'params': template.params, 'batch_stats': template.batch_stats}
   variables, _, _ = ckpt.restore_variables(target)
   ckpt.close()
-  state = GanState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                   batch_stats=variables['batch_stats'], opt_g=None, opt_d=None)
-  return generator_variables(state), settings
+  return _generators_of(variables['params'], variables['batch_stats']), settings

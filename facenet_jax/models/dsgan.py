@@ -36,6 +36,11 @@ import jax.numpy as jnp
 
 from facenet_jax.models import resnet
 
+# The generators' input normalisation: a 3-channel grey image with the ImageNet mean / std (stage 1
+# trains on it, stage 2 feeds it).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def conv_transpose_torch(features: int, name: str, dtype=jnp.float32) -> nn.ConvTranspose:
   """torch `ConvTranspose2d(kernel 4, stride 2, padding 1, bias=False)`: H -> 2H."""

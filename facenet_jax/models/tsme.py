@@ -50,8 +50,7 @@ from facenet_jax.models import resnet
 from facenet_jax.models import two_stem_resnet
 
 _check_choice = facenet._check_choice  # pylint: disable=protected-access
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = dsgan.IMAGENET_MEAN, dsgan.IMAGENET_STD
 GENERATORS = ('visible_to_infrared', 'infrared_to_visible')   # applied to modality 0, 1 rows
 GENERATOR_PREFIX = 'generator_'
 TEST_FEATURES = ('fc', 'pool5')
@@ -85,6 +84,11 @@ def to_gray_input(x: jax.Array) -> jax.Array:
   return (gray[..., None] - mean) / std
 
 
+def _near_one(key, shape, dtype=jnp.float32):
+  """N(1, 0.01): the official FeatureBlock's BatchNorm1d weight init."""
+  return 1.0 + 0.01 * jax.random.normal(key, shape, dtype)
+
+
 class PartHead(nn.Module):
   """`FeatureBlock` + `ClassBlock`: `[B, C] -> (y [B, 512], logits [B, classes])`."""
   num_classes: int
@@ -94,7 +98,7 @@ class PartHead(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
     y = nn.Dense(HEAD_DIM, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=KAIMING_FAN_OUT, bias_init=nn.initializers.zeros, name='feature')(x)
-    y = resnet.batch_norm(train, self.dtype, 'feature_bn', scale_init=lambda k, s, d: 1.0 + 0.01 * jax.random.normal(k, s, d))(y)
+    y = resnet.batch_norm(train, self.dtype, 'feature_bn', scale_init=_near_one)(y)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                       kernel_init=nn.initializers.normal(0.001), bias_init=nn.initializers.zeros,
                       name='classifier')(nn.leaky_relu(y, 0.1))
