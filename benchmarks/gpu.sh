@@ -5,6 +5,7 @@
 #   benchmarks/gpu.sh             # on a GPU machine (within ~8 minutes on one H200)
 #   SMALL=1 benchmarks/gpu.sh     # ResNet-18 at 64x32: a few minutes on a CPU
 #   STEPS=5 benchmarks/gpu.sh     # fewer timed steps per case
+#   CASES=jax,profile,torch BATCHES='32,4' benchmarks/gpu.sh   # a subset (gpu_suite.py --help)
 #
 # Packages missing on the machine (e.g. ml_collections) are installed from the pure-Python wheels
 # in .whl/ (`make wheels` fills it on a machine with a registry) into a temporary folder first.
@@ -23,4 +24,6 @@ export TF_CPP_MIN_LOG_LEVEL=2
 args=(--out "${OUT:-benchmarks/results}" --steps "${STEPS:-20}")
 if [[ -n "${SMALL:-}" ]]; then args+=(--small); fi
 if [[ -n "${NO_TORCH:-}" ]]; then args+=(--no_torch); fi
+if [[ -n "${CASES:-}" ]]; then args+=(--cases "$CASES"); fi
+if [[ -n "${BATCHES:-}" ]]; then args+=(--batches "$BATCHES"); fi
 exec "$PYTHON" -m benchmarks.gpu_suite "${args[@]}"

@@ -164,7 +164,66 @@ def test_gpu_suite_small_mode_writes_its_table_and_json(tmp_path, monkeypatch, c
   assert rc == 0, out
   result = json.loads((tmp_path / 'gpu_suite_small.json').read_text())
   cases = [r['case'] for r in result['rows']]
-  assert cases == ['facenet R18 32,16 2,2 f32', 'facenet R18 32,16 2,2 f32 torch eager',
-                   'facenet_vit 32,16 2,2 f32', 'eval 928 x 1309']
+  assert cases == ['facenet R18 32,16 2,2 f32', 'profile facenet R18 32,16 2,2 f32',
+                   'facenet R18 32,16 2,2 f32 torch eager', 'facenet_vit 32,16 2,2 f32',
+                   'eval 928 x 1309']
   assert result['matmul_tflops'] > 0 and all('error' not in r for r in result['rows'])
   assert 'JAX/torch' in out and re.search(r'torch eager .* \d+\.\d\dx\n', out)
+  profile = result['rows'][1]
+  assert profile['events'] > 0 and abs(sum(c['share'] for c in profile['categories'].values())
+                                       - 1) < 1e-6
+  assert (tmp_path / 'jax_step_trace.json.gz').stat().st_size > 0
+  jax_row = result['rows'][0]
+  assert jax_row['triplets_per_s'] == pytest.approx(4 / jax_row['pipelined_s'])
+
+
+def _trace(events, device=True):
+  """A Chrome trace in the layout `jax.profiler` writes: metadata naming processes and threads,
+  then complete ('X') events."""
+  meta = [{'ph': 'M', 'pid': 1, 'name': 'process_name',
+           'args': {'name': '/device:GPU:0' if device else '/host:CPU'}},
+          {'ph': 'M', 'pid': 1, 'tid': 7, 'name': 'thread_name',
+           'args': {'name': 'Stream #7(Compute)' if device else 'tf_XLAEigen/1'}},
+          {'ph': 'M', 'pid': 1, 'tid': 8, 'name': 'thread_name', 'args': {'name': 'XLA Ops'}},
+          {'ph': 'M', 'pid': 2, 'name': 'process_name', 'args': {'name': '/host:CPU'}}]
+  return meta + [{'ph': 'X', 'pid': 1, 'tid': 7, **e} for e in events] + [
+      # A bookkeeping line spanning the kernels and a host event: neither is a kernel.
+      {'ph': 'X', 'pid': 1, 'tid': 8, 'ts': 0, 'dur': 1000, 'name': 'whole step'},
+      {'ph': 'X', 'pid': 2, 'tid': 1, 'ts': 0, 'dur': 500, 'name': 'PjitFunction(step)'}]
+
+
+def test_trace_summary_groups_kernels_and_measures_the_busy_fraction():
+  from benchmarks import trace_summary  # pylint: disable=g-import-not-at-top
+  events = _trace([
+      {'ts': 0, 'dur': 30, 'name': 'sm90_xmma_fprop_implicit_gemm_bf16', 'args': {}},
+      {'ts': 20, 'dur': 20, 'name': 'input_reduce_fusion_3', 'args': {}},   # overlaps the conv
+      {'ts': 60, 'dur': 10, 'name': 'input_scatter_fusion',
+       'args': {'hlo_op': 'select-and-scatter.1'}},
+      {'ts': 80, 'dur': 20, 'name': 'loop_add_fusion_2', 'args': {}},
+      {'ts': 100, 'dur': 30, 'name': 'sm90_xmma_fprop_implicit_gemm_bf16', 'args': {}},
+  ])
+  s = trace_summary.summarize(events, steps=2, top=3)
+  assert s['source'] == 'device kernels' and s['events'] == 5
+  # Kernel time 110 us over 2 steps; busy = [0, 40) + [60, 70) + [80, 130) = 100 us of 130.
+  assert s['kernel_ms_per_step'] == pytest.approx(0.055)
+  assert s['busy_ms_per_step'] == pytest.approx(0.05)
+  assert s['busy_fraction'] == pytest.approx(100 / 130)
+  cats = s['categories']
+  assert cats['convolution']['ms_per_step'] == pytest.approx(0.03)
+  assert cats['max-pool window / scatter']['ms_per_step'] == pytest.approx(0.005)   # from the HLO op name
+  assert cats['reduction (BatchNorm stats, losses)']['share'] == pytest.approx(20 / 110)
+  assert cats['elementwise fusion']['share'] == pytest.approx(20 / 110)
+  top = s['top_kernels']
+  assert [k['name'] for k in top][0] == 'sm90_xmma_fprop_implicit_gemm_bf16'
+  assert top[0]['calls_per_step'] == 1 and len(top) == 3
+  assert 'busy' in trace_summary.format_summary(s)
+
+
+def test_trace_summary_reads_the_cpu_worker_threads_without_a_device():
+  from benchmarks import trace_summary  # pylint: disable=g-import-not-at-top
+  events = _trace([{'ts': 0, 'dur': 10, 'name': 'convolution.3', 'args': {}},
+                   {'ts': 0, 'dur': 50, 'name': 'ThunkExecutor::Execute', 'args': {}}],
+                  device=False)
+  s = trace_summary.summarize(events, steps=1)
+  assert s['source'].startswith('host XLA worker threads') and s['events'] == 1
+  assert list(s['categories']) == ['convolution']

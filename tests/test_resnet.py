@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from facenet_jax.models import resnet
 
@@ -142,3 +143,56 @@ def test_a_non_positive_width_multiplier_names_the_config_field(width):
         jax.random.PRNGKey(0), x), x)
   with pytest.raises(ValueError, match='config.model.width_multiplier'):
     resnet.stage_channels(18, width)
+
+
+def _numpy_max_pool(x, window, stride, padding):
+  """Per-window loop: the max and, for the gradient, the row-major first position holding it."""
+  b, h, w, c = x.shape
+  xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+              constant_values=-np.inf)
+  oh, ow = (h + 2 * padding - window) // stride + 1, (w + 2 * padding - window) // stride + 1
+  out = np.zeros((b, oh, ow, c), x.dtype)
+  argmax = np.zeros((b, oh, ow, c, 2), int)
+  for n in range(b):
+    for i in range(oh):
+      for j in range(ow):
+        for ch in range(c):
+          win = xp[n, i * stride:i * stride + window, j * stride:j * stride + window, ch]
+          flat = int(np.argmax(win))                      # first maximum, row-major
+          out[n, i, j, ch] = win.flat[flat]
+          argmax[n, i, j, ch] = (i * stride + flat // window - padding,
+                                 j * stride + flat % window - padding)
+  return out, argmax
+
+
+@pytest.mark.parametrize('window,stride,padding', [(3, 2, 1), (2, 2, 0)])
+def test_max_pool_routes_the_gradient_to_the_first_maximum_of_each_window(window, stride, padding):
+  # Post-ReLU values on a coarse grid: many ties (zeros and repeated levels) and edge windows
+  # that include the -inf padding.
+  rng = np.random.default_rng(0)
+  x = np.maximum(np.round(rng.standard_normal((2, 7, 6, 3)) * 2) / 2, 0).astype(np.float32)
+  want, argmax = _numpy_max_pool(x, window, stride, padding)
+  g = rng.standard_normal(want.shape).astype(np.float32)
+  want_grad = np.zeros_like(x)
+  for idx in np.ndindex(*want.shape):
+    n, _, _, ch = idx
+    r, col = argmax[idx]
+    want_grad[n, r, col, ch] += g[idx]
+  pool = lambda v: resnet.max_pool(v, window, stride, padding)  # noqa: E731
+  out, vjp = jax.vjp(pool, jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(out), want)
+  np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]), want_grad)
+  # The same as flax's reduce-window pool and its select-and-scatter gradient.
+  flax_pool = lambda v: nn.max_pool(v, (window, window), strides=(stride, stride),  # noqa: E731
+                                    padding=((padding, padding), (padding, padding)))
+  flax_out, flax_vjp = jax.vjp(flax_pool, jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(flax_out), want)
+  np.testing.assert_array_equal(np.asarray(flax_vjp(jnp.asarray(g))[0]), want_grad)
+
+
+def test_max_pool_keeps_a_nan_and_bfloat16():
+  x = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1).at[0, 0, 0, 0].set(jnp.nan)
+  out = resnet.max_pool(x.astype(jnp.bfloat16), 3, 2, padding=1)
+  assert out.dtype == jnp.bfloat16 and out.shape == (1, 2, 2, 1)
+  assert np.isnan(float(out[0, 0, 0, 0]))
+  np.testing.assert_array_equal(np.asarray(out[0, :, :, 0], np.float32)[1:, 1:], [[15.0]])

@@ -96,7 +96,7 @@ class EncoderStem(nn.Module):
     x = nn.Conv(self.features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                 use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name='conv')(x)
     x1 = nn.relu(resnet.batch_norm(train, self.dtype, 'bn')(x))
-    return x1, nn.max_pool(x1, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return x1, resnet.max_pool(x1, 3, 2, padding=1)
 
 
 class Generator(nn.Module):

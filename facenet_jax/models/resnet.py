@@ -17,7 +17,8 @@ torchvision details that are matched exactly (so converted ImageNet weights give
 feature map, see `facenet_jax.pretrained` and tests/test_pretrained.py):
   * explicit symmetric padding (torch pads 3 / 1 on both sides; 'SAME' would pad (2, 3) for the
     stride-2 7x7 conv on even inputs);
-  * the max-pool pads with -inf (lax.reduce_window pads with its init value, -inf for max);
+  * the max-pool pads with -inf and sends its gradient to the first maximum of each window
+    (`max_pool`);
   * v1.5: the bottleneck puts the stride on the 3x3 conv, not on the first 1x1;
   * the projection shortcut (1x1 conv with stride + BN) exists only when the stride or the width
     changes; BatchNorm eps 1e-5 and momentum 0.1 in torch terms (0.9 in flax terms).
@@ -129,6 +130,40 @@ def _conv_torch_padding(x: jax.Array, features: int, kernel: int, stride: int, d
   return SmallMapConv(features, kernel, stride, dtype, name=name)(x)
 
 
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
+  """torch's `MaxPool2d(window, stride, padding)`: `[B, H, W, C] -> [B, H', W', C]`, padding with
+  -inf, H' = (H + 2 padding - window) // stride + 1.
+
+  Written as a max over the window's `window**2` strided slices rather than `nn.max_pool`,
+  because the latter's gradient is XLA's select-and-scatter, a scatter kernel that took 0.42 ms
+  per stream and step on an H200 for the stem map of the 32x4 ResNet-50 batch ([128, 128, 64,
+  64] bf16, ~5 % of the whole step with its forward window reduction); here forward and
+  backward are elementwise passes that XLA fuses. The gradient goes to the first maximal element
+  of each window in row-major order, as torch's and select-and-scatter's do (not split among
+  ties as `jnp.maximum`'s would be: ties are common after ReLU and in bfloat16). A NaN in a
+  window gives NaN, as in torch.
+  """
+  b, h, w, c = x.shape
+  out_h = (h + 2 * padding - window) // stride + 1
+  out_w = (w + 2 * padding - window) // stride + 1
+  if padding:
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                constant_values=-jnp.inf)
+  slices = [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+            for i in range(window) for j in range(window)]          # each [B, H', W', C]
+  best = slices[0]
+  for s in slices[1:]:
+    best = jnp.maximum(best, s)
+  best = jax.lax.stop_gradient(best)
+  out = jnp.zeros_like(best)
+  taken = jnp.zeros(best.shape, bool)
+  for s in slices:                  # route the value (and so the gradient) from the first max
+    chosen = (s == best) & ~taken
+    out = jnp.where(chosen, s, out)
+    taken = taken | chosen
+  return jnp.where(taken, out, best)  # no element equals a NaN maximum: keep the NaN
+
+
 def batch_norm(train: bool, dtype: Any, name: str, **kwargs) -> nn.BatchNorm:
   """torch's BatchNorm2d / 1d defaults (momentum 0.1, eps 1e-5), float32 parameters; `kwargs`
   go to `nn.BatchNorm` (e.g. `use_bias=False`, initialisers)."""
@@ -203,9 +238,8 @@ class Stem(nn.Module):
     x = _conv(self.features, 7, 2, self.dtype, 'conv')(x.astype(self.dtype))
     x = nn.relu(batch_norm(train, self.dtype, 'bn')(x))
     if self.pool == '2x2':
-      return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
-    # Padded with -inf like torch's MaxPool2d(3, 2, padding=1).
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      return max_pool(x, 2, 2)
+    return max_pool(x, 3, 2, padding=1)  # torch's MaxPool2d(3, 2, padding=1)
 
 
 class Stage(nn.Module):
