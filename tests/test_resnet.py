@@ -196,3 +196,41 @@ def test_max_pool_keeps_a_nan_and_bfloat16():
   assert out.dtype == jnp.bfloat16 and out.shape == (1, 2, 2, 1)
   assert np.isnan(float(out[0, 0, 0, 0]))
   np.testing.assert_array_equal(np.asarray(out[0, :, :, 0], np.float32)[1:, 1:], [[15.0]])
+
+
+@pytest.mark.parametrize('k,stride,hw', [(1, 1, (6, 5)), (1, 2, (7, 6)), (3, 1, (6, 5)),
+                                         (3, 2, (7, 6)), (7, 2, (9, 8)), (3, 1, (2, 1))])
+def test_conv_formulations_compute_torch_conv2d_and_its_gradients(k, stride, hw):
+  # float64 NumPy reference of torch's Conv2d(padding=(k - 1) // 2, bias=False) by direct sum.
+  rng = np.random.default_rng(k * 10 + stride)
+  x = rng.standard_normal((2, *hw, 3)).astype(np.float32)
+  w = rng.standard_normal((k, k, 3, 4)).astype(np.float32)
+  pad = (k - 1) // 2
+  xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  oh, ow = (hw[0] + 2 * pad - k) // stride + 1, (hw[1] + 2 * pad - k) // stride + 1
+  want = np.zeros((2, oh, ow, 4))
+  for i in range(oh):
+    for j in range(ow):
+      win = xp[:, i * stride:i * stride + k, j * stride:j * stride + k, :]
+      want[:, i, j] = np.einsum('bhwc,hwcd->bd', win, w)
+  g = rng.standard_normal(want.shape).astype(np.float32)
+  hows = ['conv', 'patches'] + (['matmul'] if k == 1 else [])
+  grads = {}
+  for how in hows:
+    fn = lambda a, b, how=how: resnet.torch_padded_conv(a, b, stride, how)  # noqa: E731
+    out, vjp = jax.vjp(fn, jnp.asarray(x), jnp.asarray(w))
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5, err_msg=how)
+    grads[how] = [np.asarray(t) for t in vjp(jnp.asarray(g))]
+  for how in hows[1:]:
+    for a, b in zip(grads[how], grads['conv']):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=how)
+
+
+def test_conv_formulation_per_backend_and_map_size():
+  assert resnet.conv_formulation(1, (64, 32), 'cpu') == 'matmul'
+  assert resnet.conv_formulation(3, (64, 32), 'cpu') == 'patches'
+  assert resnet.conv_formulation(3, (64, 32), 'gpu') == 'conv'
+  assert resnet.conv_formulation(1, (64, 32), 'gpu') == 'conv'
+  assert resnet.conv_formulation(3, (2, 1), 'gpu') == 'patches'   # map smaller than the kernel
+  with pytest.raises(ValueError, match='1x1'):
+    resnet.torch_padded_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), 1, 'matmul')

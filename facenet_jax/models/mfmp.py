@@ -90,8 +90,8 @@ class FMIConvStack(nn.Module):
     x = x.astype(self.dtype)
     plan = ((self.hidden, 3), (self.hidden, 1), (self.hidden, 3), (self.features, 3))
     for i, (width, kernel) in enumerate(plan):
-      # SmallMapConv: same parameters as nn.Conv, fast on the small layer-4 maps of XLA:CPU.
-      x = resnet.SmallMapConv(width, kernel, 1, self.dtype, name=f'conv{i}')(x)
+      # TorchConv: same parameters as nn.Conv, fast on the small layer-4 maps and on XLA:CPU.
+      x = resnet.TorchConv(width, kernel, 1, self.dtype, name=f'conv{i}')(x)
       x = nn.relu(resnet.batch_norm(train, self.dtype, f'bn{i}')(x))
     return x
 

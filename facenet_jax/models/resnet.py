@@ -84,22 +84,38 @@ def check_width_multiplier(width_multiplier: float) -> None:
                      '(1 = the standard ResNet widths).')
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
-  pad = (kernel - 1) // 2  # torch's symmetric padding for odd kernels
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=conv_kernel_init, name=name)
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> 'TorchConv':
+  return TorchConv(features, kernel, stride, dtype, name=name)
 
 
-class SmallMapConv(nn.Module):
-  """A bias-free k x k convolution with torch's symmetric padding, parameter tree of `nn.Conv`.
+def _patches(x: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
+  """`[B, H, W, C] -> [B, H', W', k*k*C]`: each output position's k x k window (zero padding),
+  ordered (row, column, channel) to match a `[k, k, C, D]` kernel reshaped to `[k*k*C, D]`."""
+  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out_h = (x.shape[1] + 2 * pad - k) // stride + 1
+  out_w = (x.shape[2] + 2 * pad - k) // stride + 1
+  return jnp.concatenate(
+      [padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
+       for i in range(k) for j in range(k)], axis=-1)
 
-  `[B, H, W, Cin] -> [B, H/stride, W/stride, features]`. On maps smaller than the kernel (layer3/4
-  at 4x2 for 64x32 inputs) XLA:CPU runs a padded convolution ~40x slower than the same product
-  written as patches @ kernel (measured, forward + backward of [32, 4, 2, 512] -> 512 channels:
-  1.77 s vs 0.04 s; a pre-padded input does not help, XLA folds the pad back into the conv). So
-  such maps use the patch form; larger maps use the ordinary convolution. Both compute the same
-  numbers from the same `kernel` [k, k, Cin, features], so converted weights load unchanged.
+
+class TorchConv(nn.Module):
+  """A bias-free k x k convolution with torch's symmetric padding and `nn.Conv`'s parameter tree.
+
+  `[B, H, W, Cin] -> [B, H', W', features]`, H' = (H + 2 ((k - 1) // 2) - k) // stride + 1.
+  The same `kernel` [k, k, Cin, features] (so converted weights load unchanged) is applied in the
+  formulation that is fastest where it runs; all compute the same sums (in another order):
+    * accelerators: `lax.conv_general_dilated` (cuDNN), except on maps smaller than the kernel;
+    * XLA:CPU: 1x1 kernels as a matrix product, larger ones as patches @ kernel. XLA:CPU's own
+      convolutions are slow to differentiate: forward + backward of a [8, 64, 32, 256] -> 64 1x1
+      convolution took 216 ms as a convolution and 30 ms as a product, a 3x3 64 -> 64 one on
+      [8, 64, 32, 64] 195 ms vs 119 ms as patches (2-core x86 VM, jax 0.10.2; torch's oneDNN:
+      35 and 60 ms). The patches cost k*k times the input's memory while they are alive;
+    * maps smaller than the kernel (layer3/4 at 4x2 for 64x32 inputs), any backend: patches. A
+      padded convolution there ran ~40x slower on XLA:CPU (forward + backward of [32, 4, 2, 512]
+      -> 512 channels: 1.77 s vs 0.04 s; a pre-padded input does not help, XLA folds the pad
+      back into the convolution).
+  The backend is read when the function is traced (`jax.default_backend()`).
   """
   features: int
   kernel: int
@@ -108,26 +124,39 @@ class SmallMapConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    k, s = self.kernel, self.stride
+    k = self.kernel
     kernel = self.param('kernel', conv_kernel_init, (k, k, x.shape[-1], self.features),
                         jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    pad = (k - 1) // 2
-    if min(x.shape[1], x.shape[2]) >= k:
-      return jax.lax.conv_general_dilated(
-          x, kernel, (s, s), ((pad, pad), (pad, pad)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out_h = (x.shape[1] + 2 * pad - k) // s + 1
-    out_w = (x.shape[2] + 2 * pad - k) // s + 1
-    patches = jnp.concatenate(
-        [padded[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :]
-         for i in range(k) for j in range(k)], axis=-1)          # [B, h, w, k*k*Cin]
-    return patches @ kernel.reshape(-1, self.features)
+    how = conv_formulation(k, x.shape[1:3], jax.default_backend())
+    return torch_padded_conv(x, kernel, self.stride, how)
+
+
+def conv_formulation(kernel_size: int, map_hw: tuple[int, int], backend: str) -> str:
+  """Which formulation `TorchConv` uses (its docstring says why): 'matmul' | 'patches' | 'conv'."""
+  if backend == 'cpu':
+    return 'matmul' if kernel_size == 1 else 'patches'
+  return 'patches' if min(map_hw) < kernel_size else 'conv'
+
+
+def torch_padded_conv(x: jax.Array, kernel: jax.Array, stride: int, how: str) -> jax.Array:
+  """`[B, H, W, Cin]`, `[k, k, Cin, D]` -> `[B, H', W', D]`: torch's bias-free `Conv2d` with
+  padding (k - 1) // 2, computed as `how` ('conv', 'patches', or 'matmul' for k = 1)."""
+  k, features = kernel.shape[0], kernel.shape[-1]
+  pad = (k - 1) // 2
+  if how == 'matmul':
+    if k != 1:
+      raise ValueError(f"the 'matmul' formulation is for 1x1 kernels, got {k}x{k}")
+    return x[:, ::stride, ::stride] @ kernel[0, 0]
+  if how == 'patches':
+    return _patches(x, k, stride, pad) @ kernel.reshape(-1, features)
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 def _conv_torch_padding(x: jax.Array, features: int, kernel: int, stride: int, dtype: Any,
                         name: str) -> jax.Array:
-  return SmallMapConv(features, kernel, stride, dtype, name=name)(x)
+  return TorchConv(features, kernel, stride, dtype, name=name)(x)
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
