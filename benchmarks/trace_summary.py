@@ -28,6 +28,9 @@ CATEGORIES = (
     ('matrix product', re.compile(r'gemm|cublas|cutlass|matmul|\bdot\b|dot_|__dot|triton_gemm',
                                   re.I)),
     ('sort / top-k', re.compile(r'sort|topk|top_k', re.I)),
+    # XLA:CPU hands dots and convolutions (with what it fuses into them) to these libraries.
+    ('library fusion (YNNPACK / XNNPACK / oneDNN)', re.compile(r'ynn_fusion|xnn_fusion|onednn',
+                                                               re.I)),
     ('reduction (BatchNorm stats, losses)', re.compile(r'reduce|reduction', re.I)),
     ('copy / transpose', re.compile(r'copy|transpose|memcpy|memset|bitcast', re.I)),
     ('elementwise fusion', re.compile(r'fusion|loop_|elementwise', re.I)),
