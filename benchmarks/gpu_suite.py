@@ -195,14 +195,12 @@ def run(args) -> dict:
   r = mode['resnet']
   batches = args.batches.split(';') if args.batches else r['batches']
   resnet = []  # (name, config, host batch, JAX step s) for the torch cases
-  for i, batch in enumerate(batches):
+  for i, batch in enumerate(batches if 'jax' in args.cases else ()):
     name = f'facenet R{r["depth"]} {r["image_size"]} {batch} {r["dtype"]}'
     config = benchmark.configure_train(benchmark._load_config('configs/wmveid863.py', []),  # pylint: disable=protected-access
                                        batch, r['image_size'], r['depth'], r['dtype'])
     profile = 'profile' in args.cases and i == 0
     trace_dir = tempfile.mkdtemp(prefix='jax_trace_') if profile else None
-    if 'jax' not in args.cases:
-      continue
     jax_row = {}
 
     def jax_case(name=name, config=config, trace_dir=trace_dir):

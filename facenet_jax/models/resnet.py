@@ -88,15 +88,21 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> 'To
   return TorchConv(features, kernel, stride, dtype, name=name)
 
 
+def _window_slices(padded: jax.Array, k: int, stride: int) -> list[jax.Array]:
+  """The k*k strided views of an already padded `[B, H, W, C]` map, row-major over the window
+  offsets: view (i, j)[b, y, x] = padded[b, stride y + i, stride x + j], each `[B, H', W', C]`
+  with H' = (H - k) // stride + 1 (the output grid of a k x k / stride window)."""
+  out_h = (padded.shape[1] - k) // stride + 1
+  out_w = (padded.shape[2] - k) // stride + 1
+  return [padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+          for i in range(k) for j in range(k)]
+
+
 def _patches(x: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
   """`[B, H, W, C] -> [B, H', W', k*k*C]`: each output position's k x k window (zero padding),
   ordered (row, column, channel) to match a `[k, k, C, D]` kernel reshaped to `[k*k*C, D]`."""
   padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  out_h = (x.shape[1] + 2 * pad - k) // stride + 1
-  out_w = (x.shape[2] + 2 * pad - k) // stride + 1
-  return jnp.concatenate(
-      [padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
-       for i in range(k) for j in range(k)], axis=-1)
+  return jnp.concatenate(_window_slices(padded, k, stride), axis=-1)
 
 
 class TorchConv(nn.Module):
@@ -154,11 +160,6 @@ def torch_padded_conv(x: jax.Array, kernel: jax.Array, stride: int, how: str) ->
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _conv_torch_padding(x: jax.Array, features: int, kernel: int, stride: int, dtype: Any,
-                        name: str) -> jax.Array:
-  return TorchConv(features, kernel, stride, dtype, name=name)(x)
-
-
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
   """torch's `MaxPool2d(window, stride, padding)`: `[B, H, W, C] -> [B, H', W', C]`, padding with
   -inf, H' = (H + 2 padding - window) // stride + 1.
@@ -172,14 +173,10 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
   ties as `jnp.maximum`'s would be: ties are common after ReLU and in bfloat16). A NaN in a
   window gives NaN, as in torch.
   """
-  b, h, w, c = x.shape
-  out_h = (h + 2 * padding - window) // stride + 1
-  out_w = (w + 2 * padding - window) // stride + 1
   if padding:
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
                 constant_values=-jnp.inf)
-  slices = [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-            for i in range(window) for j in range(window)]          # each [B, H', W', C]
+  slices = _window_slices(x, window, stride)                          # each [B, H', W', C]
   best = slices[0]
   for s in slices[1:]:
     best = jnp.maximum(best, s)
@@ -216,9 +213,9 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = _conv_torch_padding(x, self.features, 3, self.stride, self.dtype, 'conv1')
+    y = _conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
     y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
-    y = _conv_torch_padding(y, self.features, 3, 1, self.dtype, 'conv2')
+    y = _conv(self.features, 3, 1, self.dtype, 'conv2')(y)
     y = batch_norm(train, self.dtype, 'bn2')(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
@@ -238,7 +235,7 @@ class Bottleneck(nn.Module):
     out_features = self.features * EXPANSION['bottleneck']
     y = _conv(self.features, 1, 1, self.dtype, 'conv1')(x)
     y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
-    y = _conv_torch_padding(y, self.features, 3, self.stride, self.dtype, 'conv2')
+    y = _conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
     y = nn.relu(batch_norm(train, self.dtype, 'bn2')(y))
     y = _conv(out_features, 1, 1, self.dtype, 'conv3')(y)
     y = batch_norm(train, self.dtype, 'bn3')(y)
