@@ -5,7 +5,8 @@ r"""Throughput benchmarks (not timed tests), one subcommand each.
 `pipeline`: triplets/s of the training stream (P x K batches, 256x128 by default, the default
 augmentations) from a folder tree; a synthetic tree is generated into a temp dir when no --root
 is given. It reports the first pass (decode + resize + augment, cache cold), the cached steady
-state (augment only), the same with random erasing on, and the eval stream. The per-core figure
+state (augment only) and the same with random erasing on, each for both batch forms (uint8 for
+the device to normalise, the default; float32 normalised on the host), and the eval stream. The per-core figure
 is triplets per CPU-second of this process (all its threads), which stays meaningful on a
 machine shared with other jobs, where wall-clock rates understate what the cores can do.
 
@@ -106,17 +107,24 @@ def run_pipeline(args) -> None:
         f'{steps_per_epoch} steps/epoch; {cores} cores available')
 
   def line(name, rows, wall, cpu):
-    print(f'{name:<36} {rows / wall:8.1f} triplets/s  {rows / cpu:8.1f} triplets/CPU-s  '
+    print(f'{name:<52} {rows / wall:8.1f} triplets/s  {rows / cpu:8.1f} triplets/CPU-s  '
           f'({rows} triplets, {wall:.2f} s wall, {cpu:.2f} s CPU)')
 
   pipeline.clear_cache()
   stream = pipeline.make_train_stream(splits.train, cfg)
   line('train, first epoch (decode+resize)', *_time_stream(stream, steps_per_epoch))
-  line('train, cached (augment only)', *_time_stream(stream, args.steps))
-  cfg.random_erasing_prob = 0.5
-  stream = pipeline.make_train_stream(splits.train, cfg, start_step=steps_per_epoch)
-  next(stream)
-  line('train, cached, random erasing 0.5', *_time_stream(stream, args.steps))
+  # Both forms of a batch: uint8 finished on the device (data.normalize_on_device, the default)
+  # and float32 normalised (and erased) by tf.data on the host.
+  for on_device in (True, False):
+    cfg.normalize_on_device = on_device
+    form = 'uint8' if on_device else 'float32 (host-normalised)'
+    for erasing in (0.0, 0.5):
+      cfg.random_erasing_prob = erasing
+      stream = pipeline.make_train_stream(splits.train, cfg, start_step=steps_per_epoch)
+      next(stream)
+      name = f'train, cached, {form}' + (', erasing 0.5' if erasing else '')
+      line(name, *_time_stream(stream, args.steps))
+  cfg.random_erasing_prob = 0.0
   eval_recs = splits.query + splits.gallery
   num_eval = -(-len(eval_recs) // cfg.eval_batch_size)
   line('eval, first pass (decode+resize)',

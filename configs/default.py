@@ -223,6 +223,9 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   data.cache_images = True          # keep decoded uint8 images in memory after the first read
   data.num_parallel_calls = -1      # tf.data map parallelism (-1 = AUTOTUNE)
   data.prefetch_batches = 2         # batches prefetched ahead of the train step
+  data.normalize_on_device = True   # streams ship uint8 images (+ int32 erasing boxes); the compiled
+                                    # step normalises and draws the erasing fill (facenet_jax/device_input.py);
+                                    # False: float32 normalised on the host (NumPy erasing noise)
   data.seed = 0                     # sampler / augmentation seed (the model seed is train.seed)
   # Cross-modality sets only (sysu_mm01, regdb, llcm, dn348, dnwild; input_pipeline/cross_modal.py).
   data.direction = ''               # query -> gallery, e.g. 'infrared_to_visible' ('' = the dataset's first)

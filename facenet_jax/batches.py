@@ -3,7 +3,9 @@
 A contract names the model's inputs (passed to `model.apply` positionally, in order) and the
 training labels the loss bundle reads. The trainer sends `train_keys` of every host batch to the
 devices, the evaluator `input_keys`; everything else in a batch (paths, 'mask', 'index') stays on
-the host. Shapes use B (batch), H, W (image size, `config.data.image_size`).
+the host. Shapes use B (batch), H, W (image size, `config.data.image_size`). The images are the
+model's view: the streams ship them as uint8 (with data.normalize_on_device), and the compiled
+steps turn them into these float32 arrays first (`facenet_jax.device_input`).
 
   aligned_triplets (FACENet; `input_pipeline.pipeline` streams):
     'rgb', 'ni', 'ti': [B, H, W, 3] float32   the three aligned, normalised images

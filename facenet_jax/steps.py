@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from facenet_jax import device_input
 from facenet_jax import sharding
 from facenet_jax.models import registry
 from facenet_jax.train_state import TrainState
@@ -21,10 +22,13 @@ EMBED_EXTRAS = ('masks', 'flare_logits')   # {name: [B, ...]} outputs kept when 
 
 
 def make_train_step(model, spec: registry.ModelSpec, tx: optax.GradientTransformation,
-                    loss_config, learning_rate_fn: Callable[[jax.Array], jax.Array]):
+                    loss_config, learning_rate_fn: Callable[[jax.Array], jax.Array],
+                    prepare: Callable[[Mapping[str, Any]], dict] | None = None):
   """`train_step(state, batch) -> (state, metrics)`, pure; jit it with the state donated.
 
-  batch: the `spec.batch.train_keys` of a batch (see facenet_jax/batches.py). The loss is the
+  batch: the `spec.batch.train_keys` of a batch (see facenet_jax/batches.py), with uint8 images
+  and their erasing rows when `prepare` (`device_input.make_prepare`) is given: it runs first,
+  inside the step, and turns them into the normalised float32 images of the contract. The loss is the
   sum of the loss bundle's weighted terms. metrics: 'loss', 'grad_norm', 'learning_rate',
   'finite', 'terms' (the weighted terms by name) and 'logged' (the bundle's other metrics);
   `flatten_metrics` gives one flat dict of them. A step whose loss or
@@ -33,6 +37,9 @@ def make_train_step(model, spec: registry.ModelSpec, tx: optax.GradientTransform
   """
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+    if prepare is not None:
+      batch = prepare(batch)
+    device_input.check_prepared(batch, 'make_train_step')
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
@@ -74,17 +81,21 @@ def flip_images(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 
 def make_embed_step(model, spec: registry.ModelSpec,
                     batch_transform: Callable[[dict], dict] | None = None,
-                    flip_test: bool = False):
+                    flip_test: bool = False,
+                    prepare: Callable[[Mapping[str, Any]], dict] | None = None):
   """`embed_step(variables, batch) -> {'embedding': [B, E]}` (+ `EMBED_EXTRAS` the model has).
 
   Eval mode (no batch-statistics update). `batch_transform` edits the batch inside the compiled
   function (e.g. zeroing the flare bits to embed without test-time FCE). `flip_test` adds the
   embedding of the horizontally mirrored images (`eval.flip_test`, the AGW family's test-time
   flip: the official DEEN / FSC-Net / TSME test scripts sum the two); the extras stay those of
-  the unmirrored images.
+  the unmirrored images. `prepare` (`device_input.make_prepare`) normalises uint8 images first.
   """
 
   def embed_step(variables: Mapping[str, Any], batch: Mapping[str, jax.Array]):
+    if prepare is not None:
+      batch = prepare(batch)
+    device_input.check_prepared(batch, 'make_embed_step')
     if batch_transform is not None:
       batch = batch_transform(dict(batch))
     outputs = model.apply(variables, *spec.batch.model_inputs(batch), train=False)

@@ -17,6 +17,7 @@ import ml_collections
 
 from facenet_jax import checkpointing
 from facenet_jax import console
+from facenet_jax import device_input
 from facenet_jax import distributed
 from facenet_jax import experiment
 from facenet_jax import run_log
@@ -101,7 +102,8 @@ class _Trainer:
     self.evaluator = evaluator_lib.Evaluator(exp.model, exp.spec, exp.mesh, self.config)
     self.train_step = steps.jit_train_step(
         steps.make_train_step(exp.model, exp.spec, exp.tx, self.config.loss,
-                              exp.learning_rate_fn), exp.mesh)
+                              exp.learning_rate_fn,
+                              prepare=device_input.make_prepare(self.config.data)), exp.mesh)
 
   def run(self) -> dict[str, float]:
     from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
@@ -142,10 +144,15 @@ class _Trainer:
     computes; the loop itself never waits on the devices except at log steps.
     """
     keys, mesh = self.exp.spec.batch.train_keys, self.exp.mesh
-    upcoming = sharding.shard_batch({k: v for k, v in next(stream).items() if k in keys}, mesh)
+
+    def to_devices(batch):   # with the erasing rows of uint8 images (device_input)
+      return sharding.shard_batch({k: batch[k] for k in device_input.transfer_keys(keys, batch)},
+                                  mesh)
+
+    upcoming = to_devices(next(stream))
     while True:
       current = upcoming
-      upcoming = sharding.shard_batch({k: v for k, v in next(stream).items() if k in keys}, mesh)
+      upcoming = to_devices(next(stream))
       yield current
 
   def _step(self, batch, compiled_step, pending, clock):

@@ -155,6 +155,18 @@ def erase_fill(params: list[AugmentParams], image_shape: tuple[int, ...]) -> np.
   return fill
 
 
+def erase_boxes(params: list[AugmentParams]) -> np.ndarray:
+  """int32 [B, 5]: each row's erasing box and fill seed (y, x, h, w, seed); zeros for no box.
+
+  The compact form of `erase_fill` for streams normalised on the device
+  (`facenet_jax.device_input` draws the N(0, 1) fill there from the seed)."""
+  rows = np.zeros((len(params), 5), np.int32)
+  for b, p in enumerate(params):
+    if p.erase_box is not None:
+      rows[b] = (*p.erase_box, p.erase_seed)
+  return rows
+
+
 def to_gray3(image: np.ndarray) -> np.ndarray:
   """uint8 [H, W, 3] -> its luma in all three channels, PIL `convert('L')` exactly (ITU-R 601-2).
 

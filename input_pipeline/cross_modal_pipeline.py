@@ -9,7 +9,9 @@ pad_pixels, random_erasing_prob) and grey conversion (data.grayscale_prob, DEEN'
 draw from generators seeded by (seed, s, row). A batch is the P x K modality-0 images (id-major) followed by the P x K modality-1
 images of the same ids in the same order:
 
-    'image'    float32 [2 P K, H, W, 3]   normalised
+    'image'    uint8 [2 P K, H, W, 3]     with data.normalize_on_device (the default; with random
+                                          erasing also 'image_erase' int32 [2 P K, 5], see
+                                          facenet_jax/device_input.py), else float32 normalised
     'modality' int32 [2 P K]              0 for the first half, 1 for the second
     'pid'      int32 [2 P K]              training label (halves element-wise equal)
     'camid'    int32 [2 P K]
@@ -147,7 +149,7 @@ def _train_source(records: Sequence[ImageRecord], data_config, process_index: in
         source = crops[row] if rule == 'paper' else store.get(int(indices[row]))
         extra['glare'][row] = _glare(source, data_config)
     if data_config.random_erasing_prob > 0:
-      extra['image_erase'] = augment.erase_fill(params, crops.shape[1:])
+      extra['image_erase'] = pipeline.erase_entry(params, crops.shape[1:], data_config)
     return {'image': crops, **extra,
             'modality': np.repeat(np.arange(2, dtype=np.int32), rows),
             'pid': np.asarray([records[i].pid for i in indices], np.int32),
@@ -155,8 +157,7 @@ def _train_source(records: Sequence[ImageRecord], data_config, process_index: in
 
   signature = _signature(2 * rows, data_config, False)
   if data_config.random_erasing_prob > 0:
-    h, w = data_config.image_size
-    signature['image_erase'] = tf.TensorSpec([2 * rows, h, w, 3], tf.float32)
+    signature['image_erase'] = pipeline.erase_spec(2 * rows, data_config.image_size, data_config)
   return raw_fn, signature
 
 

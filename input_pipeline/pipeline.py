@@ -15,8 +15,11 @@ With data.cache_images the resized uint8 images are kept in memory, so later epo
 crop, erase and normalise. The resize is deterministic, which is why the cache holds resized rather
 than original images: it is smaller and skips the most expensive step. tf.data runs the per-batch
 work in parallel (data.num_parallel_calls) and prefetches data.prefetch_batches batches. Python
-(NumPy) only gathers, flips and crops uint8 images; the float32 normalisation (and random-erasing
-fill) runs as TF ops in the graph, outside the Python lock. `make_train_batch_fn` and
+(NumPy) only gathers, flips and crops uint8 images. With data.normalize_on_device (the default)
+the streams yield those uint8 images and, with random erasing, one int32 box row per image; the
+compiled train / embed step normalises them and draws the erasing fill on the accelerator
+(`facenet_jax.device_input`). Otherwise the float32 normalisation (and random-erasing fill) runs
+as TF ops in the graph, outside the Python lock. `make_train_batch_fn` and
 `make_eval_batch_fn` compute the same batches in NumPy alone (the reference in the tests).
 
 TensorFlow is only the executor here and must never take an accelerator: GPUs are hidden from it
@@ -144,12 +147,27 @@ def clear_cache() -> None:
     _STORES.clear()
 
 
-def _raw_signature(rows: int, image_size, erase: bool, eval_keys: bool) -> dict:
-  """Specs of a raw batch: uint8 images (+ float32 erase fills), metadata."""
-  h, w = image_size
+def erase_spec(rows: int, image_size, data_config) -> tf.TensorSpec:
+  """Spec of one image key's erasing entry: int32 boxes [rows, 5] when the device normalises
+  (data.normalize_on_device), else the float32 fill [rows, H, W, 3] (NaN outside the box)."""
+  if data_config.normalize_on_device:
+    return tf.TensorSpec([rows, 5], tf.int32)
+  return tf.TensorSpec([rows, *image_size, 3], tf.float32)
+
+
+def erase_entry(params: list[augment.AugmentParams], image_shape, data_config) -> np.ndarray:
+  """One image key's erasing entry of a raw batch (see `erase_spec`)."""
+  if data_config.normalize_on_device:
+    return augment.erase_boxes(params)
+  return augment.erase_fill(params, image_shape)
+
+
+def _raw_signature(rows: int, data_config, erase: bool, eval_keys: bool) -> dict:
+  """Specs of a raw batch: uint8 images (+ their erasing entries), metadata."""
+  h, w = data_config.image_size
   spec = {m: tf.TensorSpec([rows, h, w, 3], tf.uint8) for m in MODALITIES}
   if erase:
-    spec.update({f'{m}_erase': tf.TensorSpec([rows, h, w, 3], tf.float32) for m in MODALITIES})
+    spec.update({f'{m}_erase': erase_spec(rows, (h, w), data_config) for m in MODALITIES})
   spec.update(pid=tf.TensorSpec([rows], tf.int32), camid=tf.TensorSpec([rows], tf.int32),
               scene=tf.TensorSpec([rows], tf.int32), flare=tf.TensorSpec([rows, 2], tf.int32))
   if eval_keys:
@@ -162,8 +180,12 @@ def _finish(raw: dict, data_config, xp, image_keys: Sequence[str] = MODALITIES) 
 
   `xp` is `np` (reference, used by the *_batch_fn functions) or `tf` (inside the tf.data graph,
   where the arithmetic runs multi-threaded outside the Python lock). Both compute
-  float32(x) * (1 / (255 std)) - mean / std, the same float32 operations.
+  float32(x) * (1 / (255 std)) - mean / std, the same float32 operations. With
+  data.normalize_on_device the raw batch is the output: uint8 images, int32 erasing boxes
+  (`facenet_jax.device_input` finishes them inside the compiled step).
   """
+  if data_config.normalize_on_device:
+    return dict(raw)
   scale, offset = augment.normalize_constants(data_config.mean, data_config.std)
   out = {k: v for k, v in raw.items() if k not in image_keys and not k.endswith('_erase')}
   for m in image_keys:
@@ -266,11 +288,11 @@ def _train_source(records: Sequence[Record], data_config, process_index: int,
     batch = dict(zip(MODALITIES, crops))
     if erasing:
       for m, ps in zip(MODALITIES, params):
-        batch[f'{m}_erase'] = augment.erase_fill(ps, crops[0].shape[1:])
+        batch[f'{m}_erase'] = erase_entry(ps, crops[0].shape[1:], data_config)
     batch.update(_meta(records, indices), flare=np.stack(flares).astype(np.int32))
     return batch
 
-  return raw_fn, _raw_signature(rows, data_config.image_size, erasing, False)
+  return raw_fn, _raw_signature(rows, data_config, erasing, False)
 
 
 def make_train_batch_fn(records: Sequence[Record], data_config, process_index: int = 0,
@@ -293,8 +315,9 @@ def make_train_stream(records: Sequence[Record], data_config, start_step: int = 
   """Infinite iterator of training batches from global step `start_step` on.
 
   Yields NumPy dicts with B = P * K / process_count rows, ordered by identity (K consecutive rows
-  per id): 'rgb', 'ni', 'ti' float32 [B, H, W, 3] (normalised), 'pid', 'camid', 'scene'
-  int32 [B], 'flare' int32 [B, 2]. Cross-modality records: `cross_modal_pipeline`'s batches.
+  per id): 'rgb', 'ni', 'ti' uint8 [B, H, W, 3] with data.normalize_on_device (plus
+  '<m>_erase' int32 [B, 5] with random erasing; `facenet_jax.device_input` finishes them), else
+  float32 [B, H, W, 3] normalised; 'pid', 'camid', 'scene' int32 [B], 'flare' int32 [B, 2]. Cross-modality records: `cross_modal_pipeline`'s batches.
   """
   if is_cross_modal(records):
     return _cross_modal().make_train_stream(records, data_config, start_step, process_index,
@@ -359,7 +382,7 @@ def _eval_source(records: Sequence[Record], data_config, batch_size: int, proces
     batch['index'][:n] = indices
     return batch
 
-  return raw_fn, _raw_signature(rows, data_config.image_size, False, True)
+  return raw_fn, _raw_signature(rows, data_config, False, True)
 
 
 def make_eval_batch_fn(records: Sequence[Record], data_config, batch_size: int
@@ -378,7 +401,8 @@ def make_eval_stream(records: Sequence[Record], data_config, batch_size: int | N
 
   Same keys as the train stream plus 'mask' bool [B] (False for padding rows) and 'index' int32
   [B] (record index, -1 for padding). Padding rows are zero images with pid/camid/scene -1.
-  Test-time transform: bilinear resize, normalise, no augmentation. With several processes each
+  Test-time transform: bilinear resize, normalise (on the device with data.normalize_on_device:
+  the images are uint8 then), no augmentation. With several processes each
   yields its B / process_count rows of every global batch (all processes yield the same number
   of batches), so the processes' batches side by side are the single-process batch.
   Cross-modality records: `cross_modal_pipeline`'s batches ('image', 'modality', ...).

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import agw_synthetic
+from facenet_jax import device_input
 from facenet_jax import experiment
 from facenet_jax import models
 from facenet_jax import sharding
@@ -69,7 +70,8 @@ def test_train_batches_are_aligned_halves_and_the_stream_is_the_batch_function(s
   stream = pipeline.make_train_stream(splits.train, config.data, start_step=5)
   for step in (5, 6):
     batch, streamed = batch_fn(step), next(stream)
-    assert batch['image'].shape == (16, 32, 16, 3) and batch['image'].dtype == np.float32
+    assert batch['image'].shape == (16, 32, 16, 3) and batch['image'].dtype == np.uint8
+    assert batch['image_erase'].shape == (16, 5)
     np.testing.assert_array_equal(batch['modality'], [0] * 8 + [1] * 8)
     np.testing.assert_array_equal(batch['pid'][:8], batch['pid'][8:])
     for key in batch:
@@ -104,8 +106,9 @@ def test_agw_step_does_not_depend_on_the_number_of_devices(sysu_root):
   results = {}
   for n in (1, 4):
     mesh = sharding.create_mesh(jax.devices()[:n])
-    step = steps.jit_train_step(steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss,
-                                                      exp.learning_rate_fn), mesh)
+    step = steps.jit_train_step(steps.make_train_step(
+        exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn,
+        prepare=device_input.make_prepare(config.data)), mesh)
     state, metrics = step(sharding.replicate(host_state, mesh), sharding.shard_batch(batch, mesh))
     results[n] = jax.device_get(state), steps.flatten_metrics(jax.device_get(metrics))
   for key in ('loss', 'id', 'triplet', 'grad_norm'):

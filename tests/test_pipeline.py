@@ -32,6 +32,9 @@ def _config(**overrides):
   cfg.num_instances = 2
   cfg.pad_pixels = 2
   cfg.num_parallel_calls = 2
+  # The host-normalised form (float32 images, NumPy erasing fills); the default uint8 form and
+  # its device end are specified in tests/test_device_input.py.
+  cfg.normalize_on_device = False
   cfg.update(overrides)
   return cfg
 

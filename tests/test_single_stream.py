@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from facenet_jax import device_input
 from facenet_jax import experiment
 from facenet_jax import models
 from facenet_jax import sharding
@@ -199,7 +200,8 @@ def test_train_steps_on_one_batch_are_finite_and_lower_the_loss(tiny_exp):
   batch = sharding.shard_batch({k: v for k, v in next(stream).items()
                                 if k in exp.spec.batch.train_keys}, exp.mesh)
   step = steps.jit_train_step(
-      steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn),
+      steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn,
+                            prepare=device_input.make_prepare(config.data)),
       exp.mesh)
   state = experiment.create_state(exp)
   losses = []

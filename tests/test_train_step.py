@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from facenet_jax import device_input
 from facenet_jax import experiment
 from facenet_jax import models
 from facenet_jax import sharding
@@ -30,7 +31,8 @@ def setup(tiny_synthetic_root):
 def _step_on_mesh(exp, config, host_state, batch, num_devices):
   mesh = sharding.create_mesh(jax.devices()[:num_devices])
   step = steps.jit_train_step(
-      steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn), mesh)
+      steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn,
+                            prepare=device_input.make_prepare(config.data)), mesh)
   state = sharding.replicate(host_state, mesh)
   new_state, metrics = step(state, sharding.shard_batch(batch, mesh))
   return jax.device_get(new_state), steps.flatten_metrics(jax.device_get(metrics))
@@ -63,7 +65,8 @@ def test_loss_and_update_do_not_depend_on_the_number_of_devices(setup):
 def jitted(setup):
   config, exp, host_state, _ = setup
   step = steps.jit_train_step(
-      steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn),
+      steps.make_train_step(exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn,
+                            prepare=device_input.make_prepare(config.data)),
       exp.mesh)
   return step
 
@@ -85,7 +88,7 @@ def test_step_compiles_once_and_the_loss_goes_down(setup, jitted):
 def test_a_non_finite_step_is_reported_and_leaves_the_state_unchanged(setup, jitted):
   config, exp, host_state, batches = setup
   batch = dict(batches[0])
-  batch['rgb'] = np.array(batch['rgb'])
+  batch['rgb'] = np.array(batch['rgb'], np.float32)   # uint8 cannot hold a NaN; float passes as is
   batch['rgb'][0, 0, 0, 0] = np.nan
   state = sharding.replicate(host_state, exp.mesh)
   new_state, metrics = jitted(state, sharding.shard_batch(batch, exp.mesh))

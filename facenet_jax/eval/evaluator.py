@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from facenet_jax import device_input
 from facenet_jax import distributed
 from facenet_jax import sharding
 from facenet_jax import steps
@@ -44,7 +45,8 @@ class Evaluator:
     self.protocol = protocols.get_protocol(config.eval.protocol)
     self.settings = protocols.ScoringSettings.from_config(config.eval)
     self._embed_step = steps.jit_embed_step(
-        steps.make_embed_step(model, spec, batch_transform, config.eval.flip_test), mesh)
+        steps.make_embed_step(model, spec, batch_transform, config.eval.flip_test,
+                              prepare=device_input.make_prepare(config.data)), mesh)
 
   def embed(self, variables: dict[str, Any], records: Sequence[Any],
             with_masks: bool = False) -> dict[str, Any]:
