@@ -290,6 +290,8 @@ def get_config(model: str = 'facenet') -> ml_collections.ConfigDict:
   train.log_every_steps = 20        # official LOG_PERIOD
   train.checkpoint_every_steps = 200  # also saved at every epoch end and at the end of training
   train.keep_checkpoints = 3        # keep the last N step checkpoints (the best is kept separately)
+  train.background_checkpoints = True  # step saves written by a background thread from a host copy
+                                    # while training goes on (single process; facenet_jax/checkpointing.py)
   train.eval_every_epochs = 10      # validation (and test) evaluation period
   train.max_steps = 0               # stop after this many steps (0 = num_epochs x steps per epoch)
   # Multi-process (multi-host) runs, see facenet_jax/distributed.py and README "Multi-host training".

@@ -5,10 +5,15 @@ Layout inside the workdir:
     checkpoints/<step>/   state + meta   (the last `train.keep_checkpoints` saves)
     best/<step>/          state + meta   (one: the best validation score so far)
 
-Saves are synchronous and orbax finalises each one by an atomic rename of a temporary folder,
-so a run killed at any moment (SIGKILL included) leaves only complete checkpoints; a restart
-picks the latest one and continues (the data stream is a pure function of the step, so the step
-restores the data position too).
+Orbax finalises each save by an atomic rename of a temporary folder, so a run killed at any
+moment (SIGKILL included) leaves only complete checkpoints; a restart picks the latest one and
+continues (the data stream is a pure function of the step, so the step restores the data position
+too). With `background=True` (the trainer's `train.background_checkpoints`, single-process runs)
+a step save copies the state to host memory and returns; the write, the rename and the checksums
+run in one background thread while training goes on. The next save, a best save, a restore and
+`close` wait for it first and re-raise its error, so at most one save is in flight and a step
+checkpoint is announced (`on_saved`) only once it is complete on disk. Best saves are always
+synchronous.
 
 Integrity: after a save, `checksums.json` in the step folder records the SHA-256 of every file
 of the step; a restore verifies it first. A damaged latest step (truncated or flipped bytes) is
@@ -21,6 +26,7 @@ created, no temporary folder of a running trainer is cleaned up, nothing can be 
 import hashlib
 import json
 import pathlib
+import threading
 from typing import Any, Callable
 
 from absl import logging
@@ -113,9 +119,14 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str | pathlib.Path, keep: int, read_only: bool = False,
-               strict: bool = False, warn: Callable[[str], None] = print):
+               strict: bool = False, warn: Callable[[str], None] = print,
+               background: bool = False):
     workdir = pathlib.Path(workdir)
     self.read_only, self.strict, self.warn = read_only, strict, warn
+    # Several processes write one checkpoint together (orbax's barriers): keep those in step.
+    self.background = background and jax.process_count() == 1
+    self._pending: threading.Thread | None = None
+    self._pending_error: BaseException | None = None
     if read_only and not ((workdir / 'checkpoints').is_dir() or (workdir / 'best').is_dir()):
       raise CheckpointError(f'{workdir}: no checkpoints/ or best/ folder; not a training workdir '
                             'with checkpoints (--workdir)')
@@ -133,17 +144,52 @@ class Checkpointer:
     if jax.process_index() == 0:
       write_json(step_dir / CHECKSUM_FILE, step_checksums(step_dir))
 
-  def save(self, state: TrainState, meta: dict[str, Any]) -> bool:
-    """Save a step checkpoint; False when this step is saved already."""
+  def wait(self) -> None:
+    """Blocks until the background save (if any) is complete; re-raises its error."""
+    if self._pending is not None:
+      self._pending.join()
+      self._pending = None
+    if self._pending_error is not None:
+      error, self._pending_error = self._pending_error, None
+      raise error
+
+  def save(self, state: TrainState, meta: dict[str, Any],
+           on_saved: Callable[[int], None] | None = None) -> bool:
+    """Save a step checkpoint; False when this step is saved already.
+
+    `on_saved(step)` runs once the checkpoint is complete on disk (in the background thread when
+    saving in the background).
+    """
+    self.wait()
     step = int(jax.device_get(state.step))
     if step in self.steps.all_steps():
       return False
-    self._save(self.steps, step, state, meta)
+    if not self.background:
+      self._save(self.steps, step, state, meta)
+      if on_saved is not None:
+        on_saved(step)
+      return True
+    # An own host copy (np.array copies): the next train step donates, i.e. reuses, the device
+    # buffers of `state` while this copy is being written.
+    host_state = jax.tree.map(np.array, state)
+
+    def write() -> None:
+      try:
+        self._save(self.steps, step, host_state, meta)
+        if on_saved is not None:
+          on_saved(step)
+      except BaseException as e:  # pylint: disable=broad-except  (re-raised by `wait`)
+        self._pending_error = e
+
+    # Not a daemon: a process that ends while a save is in flight finishes writing it first.
+    self._pending = threading.Thread(target=write, name=f'checkpoint-{step}')
+    self._pending.start()
     return True
 
   def save_best(self, state: TrainState, meta: dict[str, Any]) -> None:
     """Save the new best, and only then remove the older one: a kill, an OOM or a full disk
     during the save leaves the previous best in place (there is always a valid best)."""
+    self.wait()
     step = int(jax.device_get(state.step))
     if step not in self.best.all_steps():
       self._save(self.best, step, state, meta)
@@ -153,6 +199,7 @@ class Checkpointer:
 
   # -------------------------------------------------------------- restoring
   def latest_step(self) -> int | None:
+    self.wait()
     return self.steps.latest_step()
 
   def best_step(self) -> int | None:
@@ -207,6 +254,7 @@ class Checkpointer:
     An explicitly asked-for step that is damaged is an error; without a step, damaged newer
     steps are reported through `warn` and skipped (an error when `strict` or none is intact).
     """
+    self.wait()
     manager = self.best if best else self.steps
     available = sorted(manager.all_steps(), reverse=True)
     if step is not None or not available:
@@ -256,8 +304,12 @@ class Checkpointer:
       raise CheckpointError('\n'.join(lines))
 
   def close(self) -> None:
-    self.steps.close()
-    self.best.close()
+    """Waits for a background save (re-raising its error), then closes the managers."""
+    try:
+      self.wait()
+    finally:
+      self.steps.close()
+      self.best.close()
 
 
 def _flat_metadata(tree: Any) -> dict[str, Any]:

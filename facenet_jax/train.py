@@ -81,8 +81,9 @@ class _Trainer:
                strict_checkpoints: bool = False):
     self.exp, self.config, self.workdir = exp, exp.config, workdir
     self.say = console.say if distributed.is_chief() else (lambda line='': None)
-    self.ckpt = checkpointing.Checkpointer(workdir, self.config.train.keep_checkpoints,
-                                           strict=strict_checkpoints, warn=self.say)
+    self.ckpt = checkpointing.Checkpointer(
+        workdir, self.config.train.keep_checkpoints, strict=strict_checkpoints, warn=self.say,
+        background=self.config.train.background_checkpoints)
     self.best_score = -math.inf
     if self.ckpt.latest_step() is None:
       self.state = experiment.create_state(exp)
@@ -182,8 +183,8 @@ class _Trainer:
 
   def _save_checkpoint(self) -> None:
     meta = {'step': self.step, 'epoch': self.step / self.exp.steps_per_epoch}
-    if self.ckpt.save(self.state, meta):
-      self.say(f'checkpoint: step {self.step} -> {self.workdir / "checkpoints" / str(self.step)}')
+    self.ckpt.save(self.state, meta, on_saved=lambda step: self.say(
+        f'checkpoint: step {step} -> {self.workdir / "checkpoints" / str(step)}'))
 
   def _log_progress(self, pending: list[Any], clock: tuple[float, int]) -> tuple[float, int]:
     """Average the pending step metrics, write them, print the progress line; the new clock."""

@@ -24,6 +24,10 @@ def _template(kernel_shape=(2, 3)):
           'batch_stats': {'bn': {'mean': spec((3,))}}}
 
 
+def _abstract(x):
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+
 def test_a_failed_best_save_keeps_the_previous_best(tmp_path, monkeypatch):
   ckpt = checkpointing.Checkpointer(tmp_path, keep=2)
   ckpt.save_best(_state(1, 1.0), {'step': 1, 'score': 0.5})
@@ -111,3 +115,51 @@ def test_a_damaged_latest_step_falls_back_to_the_previous_intact_one(tmp_path, h
   with pytest.raises(checkpointing.DamagedCheckpointError, match='checkpoints/2: damaged'):
     strict.restore_variables(_template())
   strict.close()
+
+
+def test_a_background_save_writes_a_host_copy_and_announces_it_when_complete(tmp_path):
+  ckpt = checkpointing.Checkpointer(tmp_path, keep=2, background=True)
+  assert ckpt.background
+  state = _state(5, 5.0)
+  announced = []
+
+  def on_saved(step):   # runs once the step folder is final, with its checksums
+    assert (tmp_path / 'checkpoints' / str(step) / checkpointing.CHECKSUM_FILE).is_file()
+    announced.append(step)
+
+  assert ckpt.save(state, {'step': 5}, on_saved=on_saved)
+  # The trainer's next step donates (frees) the state's buffers while the save is in flight.
+  jax.tree.map(lambda x: x.delete(), state)
+  ckpt.wait()
+  assert announced == [5]
+  assert not ckpt.save(_state(5, 0.0), {'step': 5})           # this step exists already
+  variables, step, meta = ckpt.restore_variables(_template())
+  assert step == 5 and meta == {'step': 5}
+  np.testing.assert_array_equal(variables['params']['dense']['kernel'], 5.0)
+  restored, _ = ckpt.restore(jax.tree.map(_abstract, _state(0, 0.0)))
+  np.testing.assert_array_equal(restored.batch_stats['bn']['mean'], 5.0)
+  assert int(restored.step) == 5
+  ckpt.close()
+
+
+def test_a_failed_background_save_is_raised_at_the_next_save_and_keeps_the_last_step(
+    tmp_path, monkeypatch):
+  ckpt = checkpointing.Checkpointer(tmp_path, keep=2, background=True)
+  ckpt.save(_state(1, 1.0), {'step': 1})
+  ckpt.wait()
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(ckpt.steps, 'save', full_disk)
+  announced = []
+  assert ckpt.save(_state(2, 2.0), {'step': 2}, on_saved=announced.append)
+  with pytest.raises(OSError, match='No space left'):
+    ckpt.save(_state(3, 3.0), {'step': 3})
+  assert announced == [] and ckpt.latest_step() == 1
+  monkeypatch.undo()
+  ckpt.save(_state(3, 3.0), {'step': 3})
+  ckpt.close()                                                 # waits for it
+  reader = checkpointing.Checkpointer(tmp_path, 2, read_only=True)
+  assert sorted(reader.steps.all_steps()) == [1, 3]
+  reader.close()
