@@ -8,6 +8,15 @@ import numpy as np
 from PIL import Image
 
 
+def small_synthetic_splits(root: str):
+  """Splits of a small generated synthetic tree (12 ids x 4 triplets at 32x16, 40% glared)."""
+  from input_pipeline import records  # pylint: disable=g-import-not-at-top
+  from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  synthetic.generate_synthetic_dataset(root, num_ids=12, triplets_per_id=4, image_size=(32, 16),
+                                       flare_fraction=0.4, seed=1)
+  return records.load_splits('synthetic', root)
+
+
 def write_image(path: str, shape=(16, 8, 3), value: int | None = None, seed: int = 0,
                 mode: str | None = None) -> np.ndarray:
   """Writes a random (or constant) uint8 image; returns the array written."""

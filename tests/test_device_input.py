@@ -9,8 +9,6 @@ from configs import default
 from facenet_jax import device_input
 from input_pipeline import augment
 from input_pipeline import pipeline
-from input_pipeline import records
-from input_pipeline import synthetic
 from tests import fake_trees
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
@@ -18,10 +16,7 @@ MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
 @pytest.fixture(scope='module')
 def splits(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('syn') / 'synthetic')
-  synthetic.generate_synthetic_dataset(root, num_ids=12, triplets_per_id=4, image_size=(32, 16),
-                                       flare_fraction=0.4, seed=1)
-  return records.load_splits('synthetic', root)
+  return fake_trees.small_synthetic_splits(str(tmp_path_factory.mktemp('syn') / 'synthetic'))
 
 
 def _config(**overrides):

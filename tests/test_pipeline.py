@@ -11,7 +11,6 @@ from input_pipeline import augment
 from input_pipeline import flare_label
 from input_pipeline import pipeline
 from input_pipeline import records
-from input_pipeline import synthetic
 from tests import fake_trees
 
 KEYS = {'rgb', 'ni', 'ti', 'pid', 'camid', 'scene', 'flare'}
@@ -19,10 +18,7 @@ KEYS = {'rgb', 'ni', 'ti', 'pid', 'camid', 'scene', 'flare'}
 
 @pytest.fixture(scope='module')
 def splits(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('syn') / 'synthetic')
-  synthetic.generate_synthetic_dataset(root, num_ids=12, triplets_per_id=4, image_size=(32, 16),
-                                       flare_fraction=0.4, seed=1)
-  return records.load_splits('synthetic', root)
+  return fake_trees.small_synthetic_splits(str(tmp_path_factory.mktemp('syn') / 'synthetic'))
 
 
 def _config(**overrides):
