@@ -25,6 +25,11 @@ import numpy as np
 ERASE_SUFFIX = '_erase'
 
 
+def is_raw_image(value: Any) -> bool:
+  """A uint8 [B, H, W, C] entry: an image that `prepare_batch` still has to normalise."""
+  return value.dtype == jnp.uint8 and value.ndim == 4
+
+
 def transfer_keys(keys: Sequence[str], batch: Mapping[str, Any]) -> tuple[str, ...]:
   """`keys` plus the erasing rows that belong to them, i.e. what to send to the devices."""
   return tuple(keys) + tuple(k + ERASE_SUFFIX for k in keys if k + ERASE_SUFFIX in batch)
@@ -72,7 +77,7 @@ def prepare_batch(batch: Mapping[str, Any], scale: np.ndarray, offset: np.ndarra
   for key, value in batch.items():
     if key.endswith(ERASE_SUFFIX) and key[:-len(ERASE_SUFFIX)] in batch:
       continue
-    if value.dtype == jnp.uint8 and value.ndim == 4:
+    if is_raw_image(value):
       value = value.astype(jnp.float32) * jnp.asarray(scale) - jnp.asarray(offset)
       if key + ERASE_SUFFIX in batch:
         h, w = value.shape[1:3]
@@ -84,7 +89,7 @@ def prepare_batch(batch: Mapping[str, Any], scale: np.ndarray, offset: np.ndarra
 
 def check_prepared(batch: Mapping[str, Any], where: str) -> None:
   """Raises when `batch` still holds uint8 images, i.e. a step was built without `prepare`."""
-  raw = sorted(k for k, v in batch.items() if v.dtype == jnp.uint8 and v.ndim == 4)
+  raw = sorted(k for k, v in batch.items() if is_raw_image(v))
   if raw:
     raise ValueError(
         f'{where}: {raw} are uint8 images (a stream with data.normalize_on_device=True); build '
