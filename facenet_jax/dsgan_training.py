@@ -90,6 +90,12 @@ def optimizers(settings: GanSettings) -> tuple[optax.GradientTransformation, ...
 
 
 def init_state(settings: GanSettings, rng: jax.Array) -> GanState:
+  """The step-0 state, compiled as one program (op by op, each initializer and layer of the dummy
+  forward passes would compile on its own: ~1 min on a CPU for the smallest generators)."""
+  return jax.jit(functools.partial(_init_state, settings))(rng)
+
+
+def _init_state(settings: GanSettings, rng: jax.Array) -> GanState:
   gen = dsgan.Generator(width_multiplier=settings.width_multiplier, depth=settings.depth)
   disc = dsgan.Discriminator(width_multiplier=settings.width_multiplier)
   h, w = settings.image_size
