@@ -538,11 +538,51 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, tuple[fl
   return table
 
 
+# The runs of one seed share the sampler's order, the augmentation draws and the initial weights of
+# every module two rows have in common (flax derives each module's initial weights from the seed and
+# the module's path), so a row and the baseline of the same seed form a pair: their difference
+# removes what the seed does to both, which the spread over seeds in `aggregate` does not.
+PAIRED_BASELINE = 'table2_baseline'
+PAIRED_FIELDS = ('mAP', 'flare_mAP', 'flare_free_mAP')
+
+
+def paired_differences(results: Sequence[dict[str, Any]], baseline: str = PAIRED_BASELINE,
+                       fields: Sequence[str] = PAIRED_FIELDS
+                       ) -> dict[str, dict[str, tuple[float, float, int, int]]]:
+  """{row: {metric: (mean, std, n, n_above)}} of `row - baseline` over the seeds both have.
+
+  std is the sample std (ddof=1; 0 for one pair); n_above counts the seeds where the row is above
+  the baseline. Rows without a seed in common with the baseline (and the baseline) are left out.
+  """
+  paths = _fields()
+  base = {r['seed']: r for r in results if r['row'] == baseline}
+  table: dict[str, dict[str, tuple[float, float, int, int]]] = {}
+  for row in dict.fromkeys(r['row'] for r in results if r['row'] != baseline):
+    pairs = [(r, base[r['seed']]) for r in results if r['row'] == row and r['seed'] in base]
+    cells = {}
+    for name in fields:
+      diffs = np.asarray([_get(r, *paths[name]) - _get(b, *paths[name]) for r, b in pairs])
+      diffs = diffs[np.isfinite(diffs)]
+      if diffs.size:
+        std = float(diffs.std(ddof=1)) if diffs.size > 1 else 0.0
+        cells[name] = (float(diffs.mean()), std, int(diffs.size), int((diffs > 0).sum()))
+    if cells:
+      table[row] = cells
+  return table
+
+
 def _pm(cell: tuple[float, float, int] | None, scale: float = 1.0, digits: int = 1) -> str:
   if cell is None:
     return 'n/a'
   mean, std, _ = cell
   return f'{scale * mean:.{digits}f} ± {scale * std:.{digits}f}'
+
+
+def _signed(cell: tuple[float, float, int, int] | None) -> str:
+  if cell is None:
+    return 'n/a'
+  mean, std, n, above = cell
+  return f'{mean:+.1f} ± {std:.1f} ({above} of {n} above)'
 
 
 def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -569,6 +609,16 @@ def markdown_report(results: Sequence[dict[str, Any]], settings: StudySettings,
       [[_label(row, cells)] + [_pm(cells.get(k)) for k in ('mAP', 'mINP', 'R1', 'flare_mAP',
                                                          'flare_free_mAP')] +
        [f'{PAPER_MAP[row]:.1f}' if row in PAPER_MAP else ''] for row, cells in table.items()])
+  paired = paired_differences(results)
+  if paired:
+    lines += ['', f'Paired with the baseline (mAP, row minus {ROW_LABELS[PAIRED_BASELINE]} of the '
+              'same seed: same sampler order, augmentation and initial weights of the shared '
+              'modules); mean ± std of the differences, and in how many seeds the row is above:',
+              '']
+    lines += _markdown_table(
+        ['all', 'glared q.', 'clean q.'],
+        [[f'{ROW_LABELS.get(row, row)} (n={next(iter(cells.values()))[2]})'] +
+         [_signed(cells.get(k)) for k in PAIRED_FIELDS] for row, cells in paired.items()])
   lines += ['', 'Retrieval split by state (mAP): a query\'s gallery matches of the same state '
             '(glared / clean) or of the other state only, the rest of its matches junk:', '']
   lines += _markdown_table(
@@ -664,7 +714,7 @@ def write_report(out_dir: str, results: Sequence[dict[str, Any]], settings: Stud
   pathlib.Path(files['markdown']).write_text(markdown_report(results, settings, command))
   pathlib.Path(files['json']).write_text(json.dumps(
       {'settings': settings.to_json(), 'command': command, 'runs': list(results),
-       'aggregate': aggregate(results)}, indent=1) + '\n')
+       'aggregate': aggregate(results), 'paired': paired_differences(results)}, indent=1) + '\n')
   plot_results(results, files['plot'])
   return files
 
