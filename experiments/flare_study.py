@@ -543,7 +543,7 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, tuple[fl
 # the module's path), so a row and the baseline of the same seed form a pair: their difference
 # removes what the seed does to both, which the spread over seeds in `aggregate` does not.
 PAIRED_BASELINE = 'table2_baseline'
-PAIRED_FIELDS = ('mAP', 'flare_mAP', 'flare_free_mAP')
+PAIRED_FIELDS = ('mAP', 'flare_mAP', 'flare_free_mAP') + tuple(f'{s}_mAP' for s in STATE_SPLITS)
 
 
 def paired_differences(results: Sequence[dict[str, Any]], baseline: str = PAIRED_BASELINE,
@@ -616,7 +616,8 @@ def markdown_report(results: Sequence[dict[str, Any]], settings: StudySettings,
               'modules); mean ± std of the differences, and in how many seeds the row is above:',
               '']
     lines += _markdown_table(
-        ['all', 'glared q.', 'clean q.'],
+        ['all', 'glared q.', 'clean q.', 'glared q. -> glared match', 'glared q. -> clean match',
+         'clean q. -> clean match', 'clean q. -> glared match'],
         [[f'{ROW_LABELS.get(row, row)} (n={next(iter(cells.values()))[2]})'] +
          [_signed(cells.get(k)) for k in PAIRED_FIELDS] for row, cells in paired.items()])
   lines += ['', 'Retrieval split by state (mAP): a query\'s gallery matches of the same state '

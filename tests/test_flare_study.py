@@ -112,7 +112,8 @@ def test_paired_differences_subtract_the_baseline_of_the_same_seed():
   assert 'flare_free_mAP' not in paired['fce']
   assert set(paired) == {'fce'}          # no pair for 'other', none for the baseline itself
   report = study.markdown_report(runs, study.StudySettings(), 'cmd')
-  assert '| fce (n=2) | -2.0 ± 4.2 (1 of 2 above) | +3.0 ± 1.4 (2 of 2 above) | n/a |' in report
+  assert ('| fce (n=2) | -2.0 ± 4.2 (1 of 2 above) | +3.0 ± 1.4 (2 of 2 above) | n/a | n/a | n/a | '
+          'n/a | n/a |') in report
 
 
 def _study(out: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
