@@ -552,12 +552,15 @@ def paired_differences(results: Sequence[dict[str, Any]], baseline: str = PAIRED
   """{row: {metric: (mean, std, n, n_above)}} of `row - baseline` over the seeds both have.
 
   std is the sample std (ddof=1; 0 for one pair); n_above counts the seeds where the row is above
-  the baseline. Rows without a seed in common with the baseline (and the baseline) are left out.
+  the baseline. Rows without a seed in common with the baseline (and the baseline) are left out,
+  and so are the single-stream rows: they share the sampler, not the model, so the pairing would
+  remove nothing but the data order.
   """
   paths = _fields()
   base = {r['seed']: r for r in results if r['row'] == baseline}
   table: dict[str, dict[str, tuple[float, float, int, int]]] = {}
-  for row in dict.fromkeys(r['row'] for r in results if r['row'] != baseline):
+  for row in dict.fromkeys(r['row'] for r in results
+                           if r['row'] != baseline and r['row'] not in SINGLE_ROWS):
     pairs = [(r, base[r['seed']]) for r in results if r['row'] == row and r['seed'] in base]
     cells = {}
     for name in fields:

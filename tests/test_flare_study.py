@@ -104,13 +104,14 @@ def test_paired_differences_subtract_the_baseline_of_the_same_seed():
   runs = [run('table2_baseline', 0, 70.0, 50.0), run('table2_baseline', 1, 60.0, 40.0),
           run('table2_baseline', 2, 80.0),
           run('fce', 0, 65.0, 52.0), run('fce', 1, 61.0, 44.0), run('fce', 3, 99.0, 99.0),
-          run('other', 7, 50.0)]
+          run('other', 7, 50.0), run('single_rgb', 0, 60.0)]
   paired = study.paired_differences(runs)
   # Seeds 0 and 1 pair up (seed 3 has no baseline): differences -5 and +1; glared +2 and +4.
   assert paired['fce']['mAP'] == pytest.approx((-2.0, np.std([-5.0, 1.0], ddof=1), 2, 1))
   assert paired['fce']['flare_mAP'] == pytest.approx((3.0, np.std([2.0, 4.0], ddof=1), 2, 2))
   assert 'flare_free_mAP' not in paired['fce']
-  assert set(paired) == {'fce'}          # no pair for 'other', none for the baseline itself
+  # No pair for 'other', none for the baseline itself or a single-stream model.
+  assert set(paired) == {'fce'}
   report = study.markdown_report(runs, study.StudySettings(), 'cmd')
   assert ('| fce (n=2) | -2.0 ± 4.2 (1 of 2 above) | +3.0 ± 1.4 (2 of 2 above) | n/a | n/a | n/a | '
           'n/a | n/a |') in report
