@@ -80,6 +80,8 @@ PAPER_MAP = {
 MASK_CELL_THRESHOLD = 0.5
 STATE_SPLITS = ('glared_query_same_state', 'glared_query_cross_state', 'clean_query_same_state',
                 'clean_query_cross_state')
+STATE_SPLIT_HEADERS = ('glared q. -> glared match', 'glared q. -> clean match',
+                       'clean q. -> clean match', 'clean q. -> glared match')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -530,12 +532,21 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, tuple[fl
     runs = [r for r in results if r['row'] == row]
     table[row] = {}
     for name, path in _fields().items():
-      values = np.asarray([_get(r, *path) for r in runs], np.float64)
-      values = values[np.isfinite(values)]
+      values = _finite([_get(r, *path) for r in runs])
       if values.size:
-        std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-        table[row][name] = (float(values.mean()), std, int(values.size))
+        table[row][name] = _mean_std_n(values)
   return table
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+  values = np.asarray(values, np.float64)
+  return values[np.isfinite(values)]
+
+
+def _mean_std_n(values: np.ndarray) -> tuple[float, float, int]:
+  """(mean, sample std (ddof=1; 0 for one value), n) of non-empty finite `values`."""
+  std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+  return float(values.mean()), std, int(values.size)
 
 
 # The runs of one seed share the sampler's order, the augmentation draws and the initial weights of
@@ -564,11 +575,9 @@ def paired_differences(results: Sequence[dict[str, Any]], baseline: str = PAIRED
     pairs = [(r, base[r['seed']]) for r in results if r['row'] == row and r['seed'] in base]
     cells = {}
     for name in fields:
-      diffs = np.asarray([_get(r, *paths[name]) - _get(b, *paths[name]) for r, b in pairs])
-      diffs = diffs[np.isfinite(diffs)]
+      diffs = _finite([_get(r, *paths[name]) - _get(b, *paths[name]) for r, b in pairs])
       if diffs.size:
-        std = float(diffs.std(ddof=1)) if diffs.size > 1 else 0.0
-        cells[name] = (float(diffs.mean()), std, int(diffs.size), int((diffs > 0).sum()))
+        cells[name] = (*_mean_std_n(diffs), int((diffs > 0).sum()))
     if cells:
       table[row] = cells
   return table
@@ -619,15 +628,13 @@ def markdown_report(results: Sequence[dict[str, Any]], settings: StudySettings,
               'modules); mean ± std of the differences, and in how many seeds the row is above:',
               '']
     lines += _markdown_table(
-        ['all', 'glared q.', 'clean q.', 'glared q. -> glared match', 'glared q. -> clean match',
-         'clean q. -> clean match', 'clean q. -> glared match'],
-        [[f'{ROW_LABELS.get(row, row)} (n={next(iter(cells.values()))[2]})'] +
-         [_signed(cells.get(k)) for k in PAIRED_FIELDS] for row, cells in paired.items()])
+        ['all', 'glared q.', 'clean q.', *STATE_SPLIT_HEADERS],
+        [[_label(row, cells)] + [_signed(cells.get(k)) for k in PAIRED_FIELDS]
+         for row, cells in paired.items()])
   lines += ['', 'Retrieval split by state (mAP): a query\'s gallery matches of the same state '
             '(glared / clean) or of the other state only, the rest of its matches junk:', '']
   lines += _markdown_table(
-      ['glared q. -> glared match', 'glared q. -> clean match', 'clean q. -> clean match',
-       'clean q. -> glared match'],
+      list(STATE_SPLIT_HEADERS),
       [[_label(row, cells)] + [_pm(cells.get(f'{k}_mAP')) for k in STATE_SPLITS]
        for row, cells in table.items()])
   branch_rows = [(row, cells) for row, cells in table.items()
