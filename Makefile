@@ -16,7 +16,7 @@ DATA_DIR ?= data/synthetic
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test lock clean wheels bench-gpu
+.PHONY: demo test install install-test lock clean wheels bench-gpu test-jax-latest
 
 # Pure-Python wheels a GPU machine without a registry lacks (it has jax, flax, optax, orbax, torch,
 # absl, PyYAML, Pillow; not ml_collections), for `benchmarks/gpu.sh` there (see BENCHMARKS.md).
@@ -49,7 +49,24 @@ lock: $(VENV)/.stamp-test
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(VENV_LATEST) $(DEMO_DIR) .pytest_cache
+
+# The tests on the newest JAX instead of the pinned 0.10.2, in a separate venv. JAX 0.11 dropped
+# Python 3.11, so this needs a Python >= 3.12 (PYTHON_LATEST); nothing else is pinned there, so pip
+# takes the newest flax / optax / orbax that fit. JAX_LATEST picks the release, e.g.
+#   make test-jax-latest JAX_LATEST='jax==0.11.2 jaxlib==0.11.2'
+# LATEST_TESTS narrows the run (default: the whole suite).
+VENV_LATEST := .venv-jax-latest
+PYTHON_LATEST ?= python3.12
+JAX_LATEST ?= jax jaxlib
+LATEST_TESTS ?= tests
+
+test-jax-latest:
+	test -x $(VENV_LATEST)/bin/python || $(PYTHON_LATEST) -m venv $(VENV_LATEST)
+	$(VENV_LATEST)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' $(JAX_LATEST)
+	$(VENV_LATEST)/bin/python -m pip freeze | grep -i -E '^(jax|jaxlib|flax|optax|orbax-checkpoint|numpy)=='
+	$(VENV_LATEST)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  $(PYTEST_ARGS) $(LATEST_TESTS)
 
 wheels: $(VENV)/bin/python
 	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
