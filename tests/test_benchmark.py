@@ -155,6 +155,7 @@ def test_gpu_suite_small_mode_writes_its_table_and_json(tmp_path, monkeypatch, c
   """`SMALL=1 benchmarks/gpu.sh` runs `gpu_suite --small`; here with one tiny ResNet case, the
   tiny ViT and the eval case, so the script stays working where no accelerator is lent."""
   import json  # pylint: disable=g-import-not-at-top
+  pytest.importorskip('torch')  # the suite's PyTorch-mirror rows (the `parity` extra)
   from benchmarks import gpu_suite  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(gpu_suite.SMALL, 'resnet', dict(depth=18, image_size='32,16', dtype='f32',
                                                       batches=('2,2',), torch_compile=False))
