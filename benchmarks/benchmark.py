@@ -23,7 +23,8 @@ with the peak resident memory.
 optimiser; state donated) on device-resident synthetic batches: compile time, median step time,
 triplets/s, images/s, MFU from the analytic FLOP count (`benchmarks/flops.py`, also printed next to
 XLA's own count), peak memory; `--vs torch` times the PyTorch mirror
-(`benchmarks/torch_facenet.py`) on the same shapes in the same process. The official code's
+(`benchmarks/torch_facenet.py`) on the same shapes in the same process. `--count_ops gpu` only
+counts the step's convolutions and dot products as traced for a GPU (see `model.conv_formulation`). The official code's
 ViT-B/16 model: `train --config configs/official_wmveid863.py` (model 'facenet_vit'; `--vs torch`
 mirrors only the ResNet model).
 
@@ -200,6 +201,10 @@ def add_train_parser(subparsers) -> None:
   p.add_argument('--vs', default='', choices=['', 'torch'],
                  help='also time the PyTorch mirror (benchmarks/torch_facenet.py)')
   p.add_argument('--torch_compile', action='store_true', help='torch.compile the torch model')
+  p.add_argument('--count_ops', default='', metavar='BACKEND',
+                 help="instead of timing: count the convolutions and dot products of the train "
+                      "step as traced for BACKEND (e.g. 'gpu'; nothing is compiled, so any "
+                      "machine can answer)")
 
 
 def _load_config(path: str, overrides: list[str]):
@@ -396,10 +401,67 @@ def measure_torch_train(config, num_classes: int, host_batch, steps: int,
   return {**res, 'triplets_per_s': batch_size / res['pipelined_s'], 'compiled': compile_model}
 
 
+def count_train_step_ops(config, num_classes: int, backend: str) -> dict[str, int]:
+  """Convolutions and dot products in the jaxpr of `config`'s train step (forward, backward,
+  update), traced as for `backend`: the ResNet streams pick their convolution formulation
+  from the backend at trace time (`facenet_jax.models.resnet.conv_formulation`). Only shapes are
+  used; nothing is initialised or compiled."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from facenet_jax import models  # pylint: disable=g-import-not-at-top
+  from facenet_jax import optim  # pylint: disable=g-import-not-at-top
+  from facenet_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from facenet_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  from facenet_jax.train_state import create_train_state  # pylint: disable=g-import-not-at-top
+  p, k = config.data.num_ids_per_batch, config.data.num_instances
+  image_size = tuple(config.data.image_size)
+  model = models.build_model(config.model, num_classes)
+  lr_fn = optim.create_learning_rate_fn(config.optim, 100, config.train.num_epochs)
+  variables = jax.eval_shape(lambda r: models.init_variables(model, image_size, r),
+                             jax.random.PRNGKey(0))
+  tx = optim.create_optimizer(config.optim, variables['params'], 100, config.train.num_epochs)
+  state = jax.eval_shape(lambda v: create_train_state(v, tx, jax.random.PRNGKey(1)), variables)
+  batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                       synthetic_train_batch(p, k, image_size, num_classes, 0))
+  step = steps_lib.make_train_step(model, models.get_spec(config.model.name), tx, config.loss,
+                                   lr_fn)
+  real_backend = resnet.jax.default_backend
+  resnet.jax.default_backend = lambda: backend
+  try:
+    jaxpr = jax.make_jaxpr(step)(state, batch)
+  finally:
+    resnet.jax.default_backend = real_backend
+  counts = primitive_counts(jaxpr.jaxpr)
+  return {'convolutions': counts.get('conv_general_dilated', 0),
+          'dots': counts.get('dot_general', 0)}
+
+
+def primitive_counts(jaxpr) -> dict[str, int]:
+  """How many times each primitive runs in `jaxpr`, counting a sub-jaxpr (pjit, custom_vjp, ...)
+  once per equation that calls it (a scan's or loop's body once, not per iteration)."""
+  import collections  # pylint: disable=g-import-not-at-top
+  counts = collections.Counter()
+
+  def visit(j):
+    for eqn in j.eqns:
+      counts[eqn.primitive.name] += 1
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (tuple, list)) else (value,):
+          inner = getattr(sub, 'jaxpr', sub)      # ClosedJaxpr -> Jaxpr
+          if hasattr(inner, 'eqns'):
+            visit(inner)
+  visit(jaxpr)
+  return dict(counts)
+
+
 def run_train(args) -> None:
   """Time the jitted train step (and the torch mirror with `--vs torch`); prints one report."""
   config = configure_train(_load_config(args.config, args.overrides), args.batch,
                            args.image_size, args.depth, args.dtype)
+  if args.count_ops:
+    ops = count_train_step_ops(config, args.num_classes, args.count_ops)
+    print(f'train step traced for {args.count_ops!r}: {ops["convolutions"]} convolutions, '
+          f'{ops["dots"]} dot products', flush=True)
+    return
   res = measure_jax_train(config, args.num_classes, args.steps, args.peak_tflops,
                           log=lambda line: print(line, flush=True))
   times, median = res['step_times_s'], res['median_s']

@@ -6,6 +6,7 @@
 #   SMALL=1 benchmarks/gpu.sh     # ResNet-18 at 64x32: a few minutes on a CPU
 #   STEPS=5 benchmarks/gpu.sh     # fewer timed steps per case
 #   CASES=jax,profile,torch BATCHES='32,4' benchmarks/gpu.sh   # a subset (gpu_suite.py --help)
+#   VARIANTS='default;model.conv_formulation=matmul_1x1' benchmarks/gpu.sh   # JAX model variants
 #
 # Packages missing on the machine (e.g. ml_collections) are installed from the pure-Python wheels
 # in .whl/ (`make wheels` fills it on a machine with a registry) into a temporary folder first.
@@ -26,4 +27,5 @@ if [[ -n "${SMALL:-}" ]]; then args+=(--small); fi
 if [[ -n "${NO_TORCH:-}" ]]; then args+=(--no_torch); fi
 if [[ -n "${CASES:-}" ]]; then args+=(--cases "$CASES"); fi
 if [[ -n "${BATCHES:-}" ]]; then args+=(--batches "$BATCHES"); fi
+if [[ -n "${VARIANTS:-}" ]]; then args+=(--variants "$VARIANTS"); fi
 exec "$PYTHON" -m benchmarks.gpu_suite "${args[@]}"

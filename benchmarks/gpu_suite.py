@@ -14,7 +14,9 @@ Cases (full mode, for one GPU; the paper's model, bf16), in the order they run:
   vit      the official code's ViT-B/16 FACENet, 256x128, 8x4, JAX only
   eval     rank metrics at 100k x 100k (dim 256): the chunked evaluator, seconds and peak memory
   compile  the PyTorch mirror `torch.compile`d (last: minutes of compilation per batch)
-`--cases` picks a subset, `--batches` other ResNet batches; the JSON is rewritten after every
+`--cases` picks a subset, `--batches` other ResNet batches, `--variants` several versions of the
+JAX model measured side by side (config overrides, e.g. `model.conv_formulation`; each is
+profiled, and each is compared with the same eager torch step); the JSON is rewritten after every
 case, so a run cut short keeps what it measured.
 Small mode (`--small`, `SMALL=1 benchmarks/gpu.sh`): ResNet-18 x3 at 64x32, float32, batches
 8x2 and 4x2 (torch eager only: `torch.compile` takes minutes on a CPU), ViT at depth 2 and 64x32,
@@ -96,12 +98,13 @@ def _torch_case(name, config, args, host_batch, jax_step_s, compiled):
     return {'case': label, 'framework': 'torch', 'error': f'{type(e).__name__}: {e}'}
 
 
-def _profile_row(name, trace_path, trace_steps, out_dir):
-  """Summarise a step's trace (benchmarks/trace_summary.py), print it, keep a copy of the trace."""
+def _profile_row(name, trace_path, trace_steps, out_dir, keep_name='jax_step_trace.json.gz'):
+  """Summarise a step's trace (benchmarks/trace_summary.py), print it, keep a copy of the trace
+  as `out_dir/keep_name`."""
   from benchmarks import trace_summary  # pylint: disable=g-import-not-at-top
   summary = trace_summary.summarize(trace_summary.load_events(trace_path), trace_steps)
   print(trace_summary.format_summary(summary, f'profile {name}'), flush=True)
-  keep = os.path.join(out_dir, 'jax_step_trace.json.gz')
+  keep = os.path.join(out_dir, keep_name)
   os.makedirs(out_dir, exist_ok=True)
   shutil.copyfile(trace_path, keep)
   return {'case': f'profile {name}', 'framework': 'profile', 'trace': keep, **summary}
@@ -159,6 +162,20 @@ def _header(args, mode_name, matmul, start) -> dict:
           'wall_s': time.time() - start}
 
 
+def parse_variants(text: str) -> list[tuple[str, ...]]:
+  """`--variants`: ';'-separated model variants of the JAX ResNet cases, each a ','-separated list
+  of config overrides `group.field=value` ('default' or '' = the config as it is), e.g.
+  'default;model.conv_formulation=matmul_1x1' -> [(), ('model.conv_formulation=matmul_1x1',)]."""
+  variants = []
+  for part in (text or 'default').split(';'):
+    overrides = tuple(o.strip() for o in part.split(',') if o.strip() and o.strip() != 'default')
+    for o in overrides:
+      if '=' not in o or o.startswith('--'):
+        raise ValueError(f'--variants: {o!r} is not an override of the form group.field=value')
+    variants.append(overrides)
+  return variants
+
+
 def run(args) -> dict:
   """All selected cases in `CASES` order; the JSON at `args.out` is rewritten after each one."""
   from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
@@ -194,28 +211,43 @@ def run(args) -> dict:
     rows.append({'case': 'matmul', 'framework': 'jax', 'error': str(e)})
   r = mode['resnet']
   batches = args.batches.split(';') if args.batches else r['batches']
-  resnet = []  # (name, config, host batch, JAX step s) for the torch cases
+  variants = parse_variants(args.variants)
+  resnet = []  # (name, config, host batch, JAX step s) for `torch.compile`
   for i, batch in enumerate(batches if 'jax' in args.cases else ()):
-    name = f'facenet R{r["depth"]} {r["image_size"]} {batch} {r["dtype"]}'
-    config = benchmark.configure_train(benchmark._load_config('configs/wmveid863.py', []),  # pylint: disable=protected-access
-                                       batch, r['image_size'], r['depth'], r['dtype'])
-    profile = 'profile' in args.cases and i == 0
-    trace_dir = tempfile.mkdtemp(prefix='jax_trace_') if profile else None
-    jax_row = {}
+    base = f'facenet R{r["depth"]} {r["image_size"]} {batch} {r["dtype"]}'
+    jax_rows = []  # this batch's JAX rows, one per variant
+    for v, overrides in enumerate(variants):
+      name = base + (f' [{", ".join(overrides)}]' if overrides else '')
+      config = benchmark.configure_train(
+          benchmark._load_config('configs/wmveid863.py',  # pylint: disable=protected-access
+                                 [f'--config.{o}' for o in overrides]),
+          batch, r['image_size'], r['depth'], r['dtype'])
+      profile = 'profile' in args.cases and i == 0
+      trace_dir = tempfile.mkdtemp(prefix='jax_trace_') if profile else None
+      jax_row = {}
 
-    def jax_case(name=name, config=config, trace_dir=trace_dir):
-      row, host_batch = _jax_case(name, config, args, matmul, trace_dir)
-      resnet.append((name, config, host_batch, row['pipelined_s']))
-      jax_row.update(row)
-      return row
-    attempt(name, 'jax', jax_case)
-    if profile and jax_row.get('trace'):
-      attempt(f'profile {name}', 'profile',
-              lambda name=name: _profile_row(name, jax_row['trace'], 3, args.out))
-    if 'torch' in args.cases and resnet and resnet[-1][0] == name:
-      _, cfg, host_batch, median = resnet[-1]
-      attempt(f'{name} torch eager', 'torch',
-              lambda name=name: _torch_case(name, cfg, args, host_batch, median, False))
+      def jax_case(name=name, config=config, trace_dir=trace_dir, jax_row=jax_row):
+        row, host_batch = _jax_case(name, config, args, matmul, trace_dir)
+        resnet.append((name, config, host_batch, row['pipelined_s']))
+        jax_row.update(row)
+        return jax_row   # the table's row itself: the torch case adds its ratio to it
+      attempt(name, 'jax', jax_case)
+      if jax_row:
+        jax_rows.append(jax_row)
+      if profile and jax_row.get('trace'):
+        keep = 'jax_step_trace.json.gz' if v == 0 else f'jax_step_trace_{v}.json.gz'
+        attempt(f'profile {name}', 'profile',
+                lambda name=name, jax_row=jax_row, keep=keep: _profile_row(
+                    name, jax_row['trace'], 3, args.out, keep))
+    if 'torch' in args.cases and jax_rows:
+      first = next(e for e in resnet if e[0] == jax_rows[0]['case'])
+      torch_row = attempt(f'{base} torch eager', 'torch',
+                          lambda first=first, base=base: _torch_case(base, first[1], args,
+                                                                      first[2], first[3], False))
+      if 'pipelined_s' in torch_row:   # every variant against the same eager torch step
+        for row in jax_rows:
+          row['jax_over_torch'] = torch_row['pipelined_s'] / row['pipelined_s']
+        save()
   if 'vit' in args.cases:
     v = mode['vit']
     name = f'facenet_vit {v["image_size"]} {v["batch"]} {v["dtype"]}'
@@ -233,6 +265,8 @@ def run(args) -> dict:
     attempt(f'eval {mode["eval"]}', 'eval', eval_case)
   if 'compile' in args.cases and r['torch_compile'] and 'torch' in args.cases:
     for name, cfg, host_batch, median in resnet:
+      if '[' in name:  # a variant of the JAX model: the torch mirror is the same for all
+        continue
       attempt(f'{name} torch compile', 'torch',
               lambda name=name, cfg=cfg, host_batch=host_batch, median=median:
               _torch_case(name, cfg, args, host_batch, median, True))
@@ -250,6 +284,11 @@ def main(argv=None) -> int:
                            'the first batch\'s JAX step, summarised by benchmarks/trace_summary.py)')
   parser.add_argument('--batches', default='',
                       help="ResNet batches 'P,K;P,K' instead of the mode's (the first is profiled)")
+  parser.add_argument('--variants', default='',
+                      help="JAX ResNet model variants to compare in one run, ';'-separated, each "
+                           "a ','-separated list of config overrides, e.g. "
+                           "'default;model.conv_formulation=matmul_1x1' (every one is profiled "
+                           "when the profile case runs)")
   parser.add_argument('--no_torch', action='store_true', help='skip the PyTorch mirror')
   args = parser.parse_args(argv)
   args.cases = tuple(c for c in args.cases.split(',') if c)

@@ -32,6 +32,7 @@ def _facenet_model() -> ml_collections.ConfigDict:
   model.fmi_hidden_ratio = 0.25     # FMI conv-stack width as a fraction of C (paper silent)
   model.fmi_attention_ratio = 0.0625  # FMI SE-attention bottleneck as a fraction of C (paper silent; SE-Net 1/16)
   model.mask_similarity = 'sigmoid'  # Eq. 5's M_com: 'sigmoid' in (0, 1) | 'signed' 2 tanh(q*k): FMI can switch mask cells (see mfmp.py)
+  model.conv_formulation = 'auto'   # streams' convs on accelerators: 'auto' cuDNN | 'matmul_1x1' | 'matmul' (resnet.CONV_FORMULATIONS); same function, speed only
   _flare_switches(model)
   return model
 

@@ -179,6 +179,62 @@ def test_gpu_suite_small_mode_writes_its_table_and_json(tmp_path, monkeypatch, c
   assert jax_row['triplets_per_s'] == pytest.approx(4 / jax_row['pipelined_s'])
 
 
+def test_gpu_suite_variants_measure_each_jax_model_against_one_torch_step(tmp_path, monkeypatch,
+                                                                          capsys):
+  """`--variants` (VARIANTS= in gpu.sh): each variant's config reaches its JAX case, the torch
+  mirror runs once per batch, and every variant's throughput is compared with that one step.
+  The measurements are stubbed: what is checked is the suite's bookkeeping."""
+  import json  # pylint: disable=g-import-not-at-top
+  from benchmarks import gpu_suite  # pylint: disable=g-import-not-at-top
+  seen, torch_calls = [], []
+
+  def fake_jax(name, config, args, matmul, trace_dir=None):
+    seen.append((name, config.model.conv_formulation, config.data.num_ids_per_batch))
+    step = {'auto': 0.5, 'matmul_1x1': 0.25}[config.model.conv_formulation]
+    return {'case': name, 'framework': 'jax', 'compile_s': 1.0, 'median_s': step,
+            'pipelined_s': step, 'triplets_per_s': 4 / step, 'mfu': None}, 'host batch'
+
+  def fake_torch(name, config, args, host_batch, jax_step_s, compiled):
+    torch_calls.append((name, config.model.conv_formulation, jax_step_s, compiled))
+    return {'case': f'{name} torch eager', 'framework': 'torch', 'compile_s': 0.1,
+            'median_s': 1.0, 'pipelined_s': 1.0, 'triplets_per_s': 4.0,
+            'jax_over_torch': 1.0 / jax_step_s}
+  monkeypatch.setattr(gpu_suite, '_jax_case', fake_jax)
+  monkeypatch.setattr(gpu_suite, '_torch_case', fake_torch)
+  monkeypatch.setattr(gpu_suite, 'measure_matmul_tflops', lambda dtype, size: 1.0)
+  rc = gpu_suite.main(['--small', '--cases', 'jax,torch', '--batches', '2,2;4,2',
+                       '--variants', 'default;model.conv_formulation=matmul_1x1',
+                       '--out', str(tmp_path)])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  base = 'facenet R18 64,32 {} f32'
+  variant = ' [model.conv_formulation=matmul_1x1]'
+  assert seen == [(base.format('2,2'), 'auto', 2), (base.format('2,2') + variant, 'matmul_1x1', 2),
+                  (base.format('4,2'), 'auto', 4), (base.format('4,2') + variant, 'matmul_1x1', 4)]
+  assert torch_calls == [(base.format('2,2'), 'auto', 0.5, False),
+                         (base.format('4,2'), 'auto', 0.5, False)]
+  rows = json.loads((tmp_path / 'gpu_suite_small.json').read_text())['rows']
+  assert [(r['case'], r.get('jax_over_torch')) for r in rows] == [
+      (base.format('2,2'), 2.0), (base.format('2,2') + variant, 4.0),
+      (base.format('2,2') + ' torch eager', 2.0),
+      (base.format('4,2'), 2.0), (base.format('4,2') + variant, 4.0),
+      (base.format('4,2') + ' torch eager', 2.0)]
+  assert re.search(r'matmul_1x1\].* 4\.00x\n', out), out
+  assert gpu_suite.parse_variants('') == [()]
+  with pytest.raises(ValueError, match='--variants'):
+    gpu_suite.parse_variants('default;--config.model.depth=18')
+
+
+def test_primitive_counts_count_every_call_of_a_sub_program():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
+  square = jax.jit(lambda x: x @ x)
+  jaxpr = jax.make_jaxpr(lambda x: square(x) + square(x) @ x + jnp.sin(x))(jnp.ones((2, 2)))
+  counts = benchmark.primitive_counts(jaxpr.jaxpr)
+  assert counts['dot_general'] == 3 and counts['sin'] == 1 and counts['add'] == 2
+
+
 def _trace(events, device=True):
   """A Chrome trace in the layout `jax.profiler` writes: metadata naming processes and threads,
   then complete ('X') events."""

@@ -124,6 +124,7 @@ def test_bnneck_has_no_bias_and_the_classifier_none_either():
     ({'mask_similarity': 'cosine'}, ValueError, ['config.model.mask_similarity']),
     ({'width_multiplier': 0.0}, ValueError, ['config.model.width_multiplier']),
     ({'fce_gate': 'flared'}, ValueError, ['config.model.fce_gate']),
+    ({'conv_formulation': 'cudnn'}, ValueError, ['config.model.conv_formulation']),
 ])
 def test_bad_model_config_is_rejected_naming_the_fields(overrides, exc, fields):
   with pytest.raises(exc) as e:

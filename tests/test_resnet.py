@@ -234,3 +234,35 @@ def test_conv_formulation_per_backend_and_map_size():
   assert resnet.conv_formulation(3, (2, 1), 'gpu') == 'patches'   # map smaller than the kernel
   with pytest.raises(ValueError, match='1x1'):
     resnet.torch_padded_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), 1, 'matmul')
+
+
+@pytest.mark.parametrize('backend', ['gpu', 'tpu'])
+def test_conv_formulation_policy_changes_the_accelerator_choice_only(backend):
+  pick = resnet.conv_formulation
+  assert [pick(k, (64, 32), backend, 'matmul_1x1') for k in (1, 3, 7)] == [
+      'matmul', 'conv', 'conv']
+  assert [pick(k, (64, 32), backend, 'matmul') for k in (1, 3, 7)] == [
+      'matmul', 'patches', 'patches']
+  for policy in resnet.CONV_FORMULATIONS:   # XLA:CPU keeps its own choice whatever the policy
+    assert [pick(k, (64, 32), 'cpu', policy) for k in (1, 3)] == ['matmul', 'patches']
+  with pytest.raises(ValueError, match=r'model\.conv_formulation=.cudnn'):
+    pick(1, (8, 8), backend, 'cudnn')
+
+
+@pytest.mark.parametrize('policy,convs', [('auto', 20), ('matmul_1x1', 17), ('matmul', 0)])
+def test_conv_formulation_reaches_every_convolution_of_the_network(monkeypatch, policy, convs):
+  # Traced as on a GPU: ResNet-18 has 20 convolutions (stem, 16 3x3, 3 1x1 downsamples); the
+  # policy decides how many stay convolutions, and the function and parameters do not change.
+  # At 128x64 every map is at least 3 wide, so no convolution falls back to patches.
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 128, 64, 3)), jnp.float32)
+  model = resnet.ResNet(depth=18, width_multiplier=0.25, conv_formulation=policy)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  want = model.apply(variables, x)            # on this CPU: the products XLA:CPU gets anyway
+  monkeypatch.setattr(resnet.jax, 'default_backend', lambda: 'gpu')
+  jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x))(variables)
+  assert str(jaxpr).count('conv_general_dilated') == convs
+  if policy == 'matmul':    # nothing left for cuDNN: the traced-as-GPU program also runs here
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: model.apply(v, x))(variables)),
+                               np.asarray(want), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='conv_formulation'):
+    resnet.ResNet(depth=18, conv_formulation='cudnn').init(jax.random.PRNGKey(0), x)

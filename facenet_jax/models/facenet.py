@@ -115,9 +115,11 @@ class FACENet(nn.Module):
   bug_rgb_uses_ni_mask: bool = False
   bug_batch_level_gating: bool = False
   bug_dead_threshold: bool = False
+  conv_formulation: str = 'auto'    # how the streams' convolutions run on accelerators (resnet.py)
 
   def __post_init__(self):
     _check_flare_switches(self)
+    _check_choice(self.conv_formulation, resnet.CONV_FORMULATIONS, 'conv_formulation')
     _check_choice(self.mask_similarity, mfmp_lib.MASK_SIMILARITIES, 'mask_similarity')
     resnet.check_depth(self.depth)
     resnet.check_width_multiplier(self.width_multiplier)
@@ -128,7 +130,8 @@ class FACENet(nn.Module):
   def setup(self):
     dtype = DTYPES[self.dtype]
     self.backbones = {s: resnet.ResNet(self.depth, self.last_stride, dtype,
-                                       self.width_multiplier, name=BACKBONE_NAMES[s])
+                                       self.width_multiplier, self.conv_formulation,
+                                       name=BACKBONE_NAMES[s])
                       for s in STREAMS}
     if self.mfmp:
       channels = resnet.stage_channels(self.depth, self.width_multiplier)[self.plugin_layer - 1]

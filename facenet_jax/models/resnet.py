@@ -84,8 +84,9 @@ def check_width_multiplier(width_multiplier: float) -> None:
                      '(1 = the standard ResNet widths).')
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> 'TorchConv':
-  return TorchConv(features, kernel, stride, dtype, name=name)
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
+          formulation: str = 'auto') -> 'TorchConv':
+  return TorchConv(features, kernel, stride, dtype, formulation, name=name)
 
 
 def _window_slices(padded: jax.Array, k: int, stride: int) -> list[jax.Array]:
@@ -121,12 +122,14 @@ class TorchConv(nn.Module):
       padded convolution there ran ~40x slower on XLA:CPU (forward + backward of [32, 4, 2, 512]
       -> 512 channels: 1.77 s vs 0.04 s; a pre-padded input does not help, XLA folds the pad
       back into the convolution).
-  The backend is read when the function is traced (`jax.default_backend()`).
+  The backend is read when the function is traced (`jax.default_backend()`). `formulation`
+  overrides the choice on accelerators (`conv_formulation`'s `policy`).
   """
   features: int
   kernel: int
   stride: int = 1
   dtype: Any = jnp.float32
+  formulation: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -134,13 +137,31 @@ class TorchConv(nn.Module):
     kernel = self.param('kernel', conv_kernel_init, (k, k, x.shape[-1], self.features),
                         jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    how = conv_formulation(k, x.shape[1:3], jax.default_backend())
+    how = conv_formulation(k, x.shape[1:3], jax.default_backend(), self.formulation)
     return torch_padded_conv(x, kernel, self.stride, how)
 
 
-def conv_formulation(kernel_size: int, map_hw: tuple[int, int], backend: str) -> str:
-  """Which formulation `TorchConv` uses (its docstring says why): 'matmul' | 'patches' | 'conv'."""
-  if backend == 'cpu':
+# `model.conv_formulation` (FACENet's streams): which form the convolutions take on accelerators.
+#   'auto'        cuDNN convolutions (XLA:CPU: products, see `TorchConv`);
+#   'matmul_1x1'  1x1 kernels as matrix products (cuBLAS / fused GEMMs), larger ones as 'auto';
+#   'matmul'      every kernel as a product, k x k ones as patches @ kernel (k*k times the input's
+#                 memory while the patches are alive).
+# Why a choice: on an H200 the ResNet-50 step was bound by host launches, and XLA captures GEMMs
+# and fusions in CUDA graphs but launches each cuDNN convolution on its own (BENCHMARKS.md, GPU
+# profile); ResNet-50 has 36 1x1 convolutions of 53 per stream. Which form is fastest there is
+# measured by `benchmarks/gpu.sh` (VARIANTS), not assumed. On XLA:CPU all three are the same.
+CONV_FORMULATIONS = ('auto', 'matmul_1x1', 'matmul')
+
+
+def conv_formulation(kernel_size: int, map_hw: tuple[int, int], backend: str,
+                     policy: str = 'auto') -> str:
+  """Which formulation `TorchConv` uses (its docstring says why): 'matmul' | 'patches' | 'conv'.
+
+  `policy` is one of `CONV_FORMULATIONS`; it changes the choice on accelerators only.
+  """
+  if policy not in CONV_FORMULATIONS:
+    raise ValueError(f'model.conv_formulation={policy!r} must be one of {CONV_FORMULATIONS}')
+  if backend == 'cpu' or policy == 'matmul' or (policy == 'matmul_1x1' and kernel_size == 1):
     return 'matmul' if kernel_size == 1 else 'patches'
   return 'patches' if min(map_hw) < kernel_size else 'conv'
 
@@ -210,16 +231,18 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
+  conv_formulation: str = 'auto'   # see CONV_FORMULATIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = _conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
+    y = _conv(self.features, 3, self.stride, self.dtype, 'conv1', self.conv_formulation)(x)
     y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
-    y = _conv(self.features, 3, 1, self.dtype, 'conv2')(y)
+    y = _conv(self.features, 3, 1, self.dtype, 'conv2', self.conv_formulation)(y)
     y = batch_norm(train, self.dtype, 'bn2')(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = _conv(self.features, 1, self.stride, self.dtype, 'downsample_conv')(x)
+      shortcut = _conv(self.features, 1, self.stride, self.dtype, 'downsample_conv',
+                       self.conv_formulation)(x)
       shortcut = batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
     return nn.relu(y + shortcut)
 
@@ -229,19 +252,21 @@ class Bottleneck(nn.Module):
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
+  conv_formulation: str = 'auto'   # see CONV_FORMULATIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out_features = self.features * EXPANSION['bottleneck']
-    y = _conv(self.features, 1, 1, self.dtype, 'conv1')(x)
+    y = _conv(self.features, 1, 1, self.dtype, 'conv1', self.conv_formulation)(x)
     y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
-    y = _conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
+    y = _conv(self.features, 3, self.stride, self.dtype, 'conv2', self.conv_formulation)(y)
     y = nn.relu(batch_norm(train, self.dtype, 'bn2')(y))
-    y = _conv(out_features, 1, 1, self.dtype, 'conv3')(y)
+    y = _conv(out_features, 1, 1, self.dtype, 'conv3', self.conv_formulation)(y)
     y = batch_norm(train, self.dtype, 'bn3')(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != out_features:
-      shortcut = _conv(out_features, 1, self.stride, self.dtype, 'downsample_conv')(x)
+      shortcut = _conv(out_features, 1, self.stride, self.dtype, 'downsample_conv',
+                       self.conv_formulation)(x)
       shortcut = batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
     return nn.relu(y + shortcut)
 
@@ -258,10 +283,12 @@ class Stem(nn.Module):
   dtype: Any = jnp.float32
   features: int = STEM_WIDTH
   pool: str = '3x3'
+  conv_formulation: str = 'auto'   # see CONV_FORMULATIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = _conv(self.features, 7, 2, self.dtype, 'conv')(x.astype(self.dtype))
+    x = _conv(self.features, 7, 2, self.dtype, 'conv', self.conv_formulation)(
+        x.astype(self.dtype))
     x = nn.relu(batch_norm(train, self.dtype, 'bn')(x))
     if self.pool == '2x2':
       return max_pool(x, 2, 2)
@@ -275,13 +302,14 @@ class Stage(nn.Module):
   num_blocks: int
   stride: int
   dtype: Any = jnp.float32
+  conv_formulation: str = 'auto'   # see CONV_FORMULATIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     block_cls = BasicBlock if self.block == 'basic' else Bottleneck
     for i in range(self.num_blocks):
       x = block_cls(self.features, self.stride if i == 0 else 1, self.dtype,
-                    name=f'block_{i}')(x, train)
+                    self.conv_formulation, name=f'block_{i}')(x, train)
     return x
 
 
@@ -292,27 +320,33 @@ class ResNet(nn.Module):
   the layer4 map `[B, H/16, W/16, 2048]` (`[B, H/32, W/32, 2048]` with last_stride=2).
   Parameters are float32; convolutions and BatchNorm compute in `dtype`. `width_multiplier`
   scales the stem and every stage (`stage_channels` gives the output widths), e.g. 0.5 gives
-  `[B, H/16, W/16, 1024]` for depth 50.
+  `[B, H/16, W/16, 1024]` for depth 50. `conv_formulation` (`CONV_FORMULATIONS`) picks how the
+  convolutions are computed on accelerators; the parameters and the function are the same.
   """
   depth: int = 50
   last_stride: int = 1
   dtype: Any = jnp.float32
   width_multiplier: float = 1.0
+  conv_formulation: str = 'auto'
 
   def setup(self):
     check_depth(self.depth)
     check_width_multiplier(self.width_multiplier)
+    conv_formulation(1, (1, 1), 'cpu', self.conv_formulation)  # fail early on an unknown name
     if self.last_stride not in (1, 2):
       raise ValueError(f'model.last_stride={self.last_stride!r} must be 1 or 2.')
     block, counts = RESNET_SPECS[self.depth]
     strides = (1, 2, 2, self.last_stride)
     widths = [scaled_width(w, self.width_multiplier) for w in STAGE_WIDTHS]
-    self.stem = Stem(self.dtype, scaled_width(STEM_WIDTH, self.width_multiplier))
+    self.stem = Stem(self.dtype, scaled_width(STEM_WIDTH, self.width_multiplier),
+                     conv_formulation=self.conv_formulation)
     # Explicit attribute names keep the parameter tree readable: stem, layer1..layer4.
-    self.layer1 = Stage(block, widths[0], counts[0], strides[0], self.dtype)
-    self.layer2 = Stage(block, widths[1], counts[1], strides[1], self.dtype)
-    self.layer3 = Stage(block, widths[2], counts[2], strides[2], self.dtype)
-    self.layer4 = Stage(block, widths[3], counts[3], strides[3], self.dtype)
+    stage = lambda i: Stage(block, widths[i], counts[i], strides[i], self.dtype,  # noqa: E731
+                            self.conv_formulation)
+    self.layer1 = stage(0)
+    self.layer2 = stage(1)
+    self.layer3 = stage(2)
+    self.layer4 = stage(3)
 
   def forward_stem(self, x: jax.Array, train: bool) -> jax.Array:
     """`[B, H, W, 3] -> [B, H/4, W/4, 64 m]` (m the width multiplier, see `scaled_width`)."""
