@@ -24,8 +24,8 @@ optimiser; state donated) on device-resident synthetic batches: compile time, me
 triplets/s, images/s, MFU from the analytic FLOP count (`benchmarks/flops.py`, also printed next to
 XLA's own count), peak memory; `--vs torch` times the PyTorch mirror
 (`benchmarks/torch_facenet.py`) on the same shapes in the same process. `--count_ops gpu` only
-counts the step's convolutions and dot products as traced for a GPU (see `model.conv_formulation`). The official code's
-ViT-B/16 model: `train --config configs/official_wmveid863.py` (model 'facenet_vit'; `--vs torch`
+counts the step's convolutions and dot products as traced for a GPU (see
+`model.conv_formulation`). The official code's ViT-B/16 model: `train --config configs/official_wmveid863.py` (model 'facenet_vit'; `--vs torch`
 mirrors only the ResNet model).
 
 Each subcommand is an `add_<name>_parser(subparsers)` / `run_<name>(args)` pair registered in
@@ -293,6 +293,25 @@ def configure_train(config, batch: str = '', image_size: str = '', depth: int = 
   return config
 
 
+# Steps per epoch of the benchmarks' LR schedule: it shapes only the schedule, which affects
+# neither the timings nor the traced operations.
+SCHEDULE_STEPS_PER_EPOCH = 100
+
+
+def _optimizer_and_train_step(config, model, params):
+  """`(tx, train_step)`: the optimizer of `config` for `params` (arrays or shapes) and the
+  unjitted train step of `model` with its losses (`facenet_jax.steps.make_train_step`)."""
+  from facenet_jax import models  # pylint: disable=g-import-not-at-top
+  from facenet_jax import optim  # pylint: disable=g-import-not-at-top
+  from facenet_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  epochs = config.train.num_epochs
+  lr_fn = optim.create_learning_rate_fn(config.optim, SCHEDULE_STEPS_PER_EPOCH, epochs)
+  tx = optim.create_optimizer(config.optim, params, SCHEDULE_STEPS_PER_EPOCH, epochs)
+  step = steps_lib.make_train_step(model, models.get_spec(config.model.name), tx, config.loss,
+                                   lr_fn)
+  return tx, step
+
+
 def measure_jax_train(config, num_classes: int, steps: int, peak_tflops: float = 0.0,
                       log=print, trace_dir: str | None = None, trace_steps: int = 3) -> dict:
   """Compile and time the jitted train step of `config`'s model on device-resident batches.
@@ -306,7 +325,6 @@ def measure_jax_train(config, num_classes: int, steps: int, peak_tflops: float =
   import numpy as np  # pylint: disable=g-import-not-at-top
   from benchmarks import flops as flops_lib  # pylint: disable=g-import-not-at-top
   from facenet_jax import models  # pylint: disable=g-import-not-at-top
-  from facenet_jax import optim  # pylint: disable=g-import-not-at-top
   from facenet_jax import sharding  # pylint: disable=g-import-not-at-top
   from facenet_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from facenet_jax.train_state import create_train_state  # pylint: disable=g-import-not-at-top
@@ -320,15 +338,11 @@ def measure_jax_train(config, num_classes: int, steps: int, peak_tflops: float =
       f'jax {jax.__version__}; model {_model_name(config.model)} x3, {config.model.dtype}, '
       f'{image_size[0]}x{image_size[1]}, batch {batch_size} (P={p} x K={k}), '
       f'{num_classes} classes')
-  spec = models.get_spec(config.model.name)
   model = models.build_model(config.model, num_classes)
-  steps_per_epoch = 100  # only shapes the LR schedule, which does not affect the timing
-  lr_fn = optim.create_learning_rate_fn(config.optim, steps_per_epoch, config.train.num_epochs)
   t = time.perf_counter()
   variables = jax.jit(lambda r: models.init_variables(model, image_size, r))(
       jax.random.PRNGKey(config.train.seed))
-  tx = optim.create_optimizer(config.optim, variables['params'], steps_per_epoch,
-                              config.train.num_epochs)
+  tx, train_step = _optimizer_and_train_step(config, model, variables['params'])
   state = sharding.replicate(create_train_state(variables, tx, jax.random.PRNGKey(1)), mesh)
   del variables
   host_batches = [synthetic_train_batch(p, k, image_size, num_classes, seed) for seed in range(2)]
@@ -337,8 +351,7 @@ def measure_jax_train(config, num_classes: int, steps: int, peak_tflops: float =
   num_params = models.parameter_counts(model, image_size)['total']
   log(f'init: {time.perf_counter() - t:.1f} s; params {num_params:,} (JAX)')
 
-  step = steps_lib.jit_train_step(
-      steps_lib.make_train_step(model, spec, tx, config.loss, lr_fn), mesh)
+  step = steps_lib.jit_train_step(train_step, mesh)
   t = time.perf_counter()
   compiled = step.lower(state, batches[0]).compile()
   compile_s = time.perf_counter() - t
@@ -408,22 +421,17 @@ def count_train_step_ops(config, num_classes: int, backend: str) -> dict[str, in
   used; nothing is initialised or compiled."""
   import jax  # pylint: disable=g-import-not-at-top
   from facenet_jax import models  # pylint: disable=g-import-not-at-top
-  from facenet_jax import optim  # pylint: disable=g-import-not-at-top
-  from facenet_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from facenet_jax.models import resnet  # pylint: disable=g-import-not-at-top
   from facenet_jax.train_state import create_train_state  # pylint: disable=g-import-not-at-top
   p, k = config.data.num_ids_per_batch, config.data.num_instances
   image_size = tuple(config.data.image_size)
   model = models.build_model(config.model, num_classes)
-  lr_fn = optim.create_learning_rate_fn(config.optim, 100, config.train.num_epochs)
   variables = jax.eval_shape(lambda r: models.init_variables(model, image_size, r),
                              jax.random.PRNGKey(0))
-  tx = optim.create_optimizer(config.optim, variables['params'], 100, config.train.num_epochs)
+  tx, step = _optimizer_and_train_step(config, model, variables['params'])
   state = jax.eval_shape(lambda v: create_train_state(v, tx, jax.random.PRNGKey(1)), variables)
   batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                        synthetic_train_batch(p, k, image_size, num_classes, 0))
-  step = steps_lib.make_train_step(model, models.get_spec(config.model.name), tx, config.loss,
-                                   lr_fn)
   real_backend = resnet.jax.default_backend
   resnet.jax.default_backend = lambda: backend
   try:

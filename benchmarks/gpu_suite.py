@@ -212,10 +212,10 @@ def run(args) -> dict:
   r = mode['resnet']
   batches = args.batches.split(';') if args.batches else r['batches']
   variants = parse_variants(args.variants)
-  resnet = []  # (name, config, host batch, JAX step s) for `torch.compile`
+  resnet = []  # per batch (name, config, host batch, JAX step s) of its first variant, for torch
   for i, batch in enumerate(batches if 'jax' in args.cases else ()):
     base = f'facenet R{r["depth"]} {r["image_size"]} {batch} {r["dtype"]}'
-    jax_rows = []  # this batch's JAX rows, one per variant
+    measured = []  # (table row, config, host batch) of each of this batch's variants that ran
     for v, overrides in enumerate(variants):
       name = base + (f' [{", ".join(overrides)}]' if overrides else '')
       config = benchmark.configure_train(
@@ -224,28 +224,27 @@ def run(args) -> dict:
           batch, r['image_size'], r['depth'], r['dtype'])
       profile = 'profile' in args.cases and i == 0
       trace_dir = tempfile.mkdtemp(prefix='jax_trace_') if profile else None
-      jax_row = {}
 
-      def jax_case(name=name, config=config, trace_dir=trace_dir, jax_row=jax_row):
+      def jax_case(name=name, config=config, trace_dir=trace_dir):
         row, host_batch = _jax_case(name, config, args, matmul, trace_dir)
-        resnet.append((name, config, host_batch, row['pipelined_s']))
-        jax_row.update(row)
-        return jax_row   # the table's row itself: the torch case adds its ratio to it
-      attempt(name, 'jax', jax_case)
-      if jax_row:
-        jax_rows.append(jax_row)
-      if profile and jax_row.get('trace'):
+        measured.append((row, config, host_batch))
+        return row   # the table's row itself: the torch case adds its ratio to it
+      row = attempt(name, 'jax', jax_case)
+      if profile and row.get('trace'):
         keep = 'jax_step_trace.json.gz' if v == 0 else f'jax_step_trace_{v}.json.gz'
         attempt(f'profile {name}', 'profile',
-                lambda name=name, jax_row=jax_row, keep=keep: _profile_row(
-                    name, jax_row['trace'], 3, args.out, keep))
-    if 'torch' in args.cases and jax_rows:
-      first = next(e for e in resnet if e[0] == jax_rows[0]['case'])
+                lambda name=name, row=row, keep=keep: _profile_row(name, row['trace'], 3,
+                                                                   args.out, keep))
+    if not measured:
+      continue
+    first_row, first_config, host_batch = measured[0]
+    resnet.append((base, first_config, host_batch, first_row['pipelined_s']))
+    if 'torch' in args.cases:
       torch_row = attempt(f'{base} torch eager', 'torch',
-                          lambda first=first, base=base: _torch_case(base, first[1], args,
-                                                                      first[2], first[3], False))
+                          lambda entry=resnet[-1]: _torch_case(entry[0], entry[1], args,
+                                                               entry[2], entry[3], False))
       if 'pipelined_s' in torch_row:   # every variant against the same eager torch step
-        for row in jax_rows:
+        for row, _, _ in measured:
           row['jax_over_torch'] = torch_row['pipelined_s'] / row['pipelined_s']
         save()
   if 'vit' in args.cases:
@@ -265,8 +264,6 @@ def run(args) -> dict:
     attempt(f'eval {mode["eval"]}', 'eval', eval_case)
   if 'compile' in args.cases and r['torch_compile'] and 'torch' in args.cases:
     for name, cfg, host_batch, median in resnet:
-      if '[' in name:  # a variant of the JAX model: the torch mirror is the same for all
-        continue
       attempt(f'{name} torch compile', 'torch',
               lambda name=name, cfg=cfg, host_batch=host_batch, median=median:
               _torch_case(name, cfg, args, host_batch, median, True))

@@ -119,10 +119,10 @@ class FACENet(nn.Module):
 
   def __post_init__(self):
     _check_flare_switches(self)
-    _check_choice(self.conv_formulation, resnet.CONV_FORMULATIONS, 'conv_formulation')
     _check_choice(self.mask_similarity, mfmp_lib.MASK_SIMILARITIES, 'mask_similarity')
     resnet.check_depth(self.depth)
     resnet.check_width_multiplier(self.width_multiplier)
+    resnet.check_conv_formulation(self.conv_formulation)
     _check_choice(self.plugin_layer, (1, 2, 3, 4), 'plugin_layer')
     _check_choice(self.last_stride, (1, 2), 'last_stride')
     super().__post_init__()

@@ -153,14 +153,19 @@ class TorchConv(nn.Module):
 CONV_FORMULATIONS = ('auto', 'matmul_1x1', 'matmul')
 
 
+def check_conv_formulation(policy: str) -> None:
+  if policy not in CONV_FORMULATIONS:
+    raise ValueError(f'config.model.conv_formulation={policy!r} must be one of '
+                     f'{CONV_FORMULATIONS}')
+
+
 def conv_formulation(kernel_size: int, map_hw: tuple[int, int], backend: str,
                      policy: str = 'auto') -> str:
   """Which formulation `TorchConv` uses (its docstring says why): 'matmul' | 'patches' | 'conv'.
 
   `policy` is one of `CONV_FORMULATIONS`; it changes the choice on accelerators only.
   """
-  if policy not in CONV_FORMULATIONS:
-    raise ValueError(f'model.conv_formulation={policy!r} must be one of {CONV_FORMULATIONS}')
+  check_conv_formulation(policy)
   if backend == 'cpu' or policy == 'matmul' or (policy == 'matmul_1x1' and kernel_size == 1):
     return 'matmul' if kernel_size == 1 else 'patches'
   return 'patches' if min(map_hw) < kernel_size else 'conv'
@@ -332,7 +337,7 @@ class ResNet(nn.Module):
   def setup(self):
     check_depth(self.depth)
     check_width_multiplier(self.width_multiplier)
-    conv_formulation(1, (1, 1), 'cpu', self.conv_formulation)  # fail early on an unknown name
+    check_conv_formulation(self.conv_formulation)
     if self.last_stride not in (1, 2):
       raise ValueError(f'model.last_stride={self.last_stride!r} must be 1 or 2.')
     block, counts = RESNET_SPECS[self.depth]
