@@ -6,6 +6,7 @@ r"""Command line of the FSC-Net ablation (`experiments/cross_modal_ablation.py`,
 from absl import app
 from absl import flags
 
+from facenet_jax import cli
 from experiments import cross_modal_ablation as ablation
 
 _OUT = flags.DEFINE_string('out', 'runs/fsc_ablation', 'Study folder (data, runs, report).')
@@ -27,4 +28,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

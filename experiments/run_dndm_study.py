@@ -6,6 +6,7 @@ r"""Command line of the DNDM study (`experiments/dndm_study.py`, its docstring).
 from absl import app
 from absl import flags
 
+from facenet_jax import cli
 from experiments import cross_modal_ablation
 from experiments import dndm_study
 
@@ -31,4 +32,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

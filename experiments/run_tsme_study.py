@@ -6,6 +6,7 @@ r"""Command line of the TSME study (`experiments/tsme_study.py`, its docstring).
 from absl import app
 from absl import flags
 
+from facenet_jax import cli
 from experiments import cross_modal_ablation
 from experiments import tsme_study
 
@@ -30,4 +31,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -25,12 +25,21 @@ def quiet_library_logs(verbose: bool = False) -> None:
   """Library logs at WARNING and above only, unless `verbose` (then absl INFO and everything).
 
   Must run before TensorFlow is imported for its C++ logs (TF_CPP_MIN_LOG_LEVEL) to obey.
+  The level is set, not defaulted: importing jax first has already defaulted it to '1' (which
+  lets TensorFlow's INFO lines through), so a default here would depend on the import order.
+  A value above 2 (quieter still) is kept. TensorFlow's oneDNN start-up line, which no level
+  silences, is kept off by `input_pipeline` itself (its `__init__`).
   """
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')
+  os.environ['TF_CPP_MIN_LOG_LEVEL'] = '0' if verbose else _at_least_two(
+      os.environ.get('TF_CPP_MIN_LOG_LEVEL', ''))
   level = std_logging.INFO if verbose else std_logging.WARNING
   logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
   for name in _LIBRARY_LOGGERS:
     std_logging.getLogger(name).setLevel(level)
+
+
+def _at_least_two(level: str) -> str:
+  return level if level.strip().isdigit() and int(level) >= 2 else '2'
 
 
 def say(line: str = '') -> None:

@@ -34,6 +34,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from facenet_jax import cli
 from input_pipeline import cross_modal
 from input_pipeline import flare_label
 from input_pipeline import records
@@ -167,4 +168,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parse_flags)

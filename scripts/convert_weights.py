@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 
+from facenet_jax import console
 from facenet_jax import pretrained
 
 
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
   parser.add_argument('--depth', type=int, default=50, choices=(18, 34, 50, 101))
   parser.add_argument('--backbone', default='resnet', choices=('resnet', 'vit_b16'))
   args = parser.parse_args(argv)
+  console.quiet_library_logs()
   backbone = pretrained.load_pretrained_backbone(args.input, args.depth, args.backbone)
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   pretrained.save_backbone(backbone, args.output)

@@ -16,6 +16,7 @@ input_pipeline/synthetic_cross_modal.py. --images_per_camera / --images_per_stat
 from absl import app
 from absl import flags
 
+from facenet_jax import cli
 from input_pipeline import cross_modal
 from input_pipeline import records
 from input_pipeline import synthetic
@@ -73,4 +74,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

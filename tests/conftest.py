@@ -18,8 +18,10 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
     __import__('tempfile').gettempdir(), f'facenet_jax_test_cache_{os.getuid()}'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-# TensorFlow (tf.data) must never take an accelerator, and should not spam the test log.
+# TensorFlow (tf.data) should not spam the test log, and computes as `input_pipeline` makes it
+# compute (oneDNN off) even in a test module that imports TensorFlow before `input_pipeline`.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import pathlib
 

@@ -59,9 +59,11 @@ def subprocess_env(num_devices: int = 1) -> dict[str, str]:
   """This test environment for a child process with `num_devices` simulated CPU devices.
 
   The tests' own four devices (conftest) only slow a tiny model down in a child that does not
-  need them; the compilation cache and the other settings are inherited.
+  need them; the compilation cache and the other settings are inherited, except the TensorFlow
+  log and oneDNN settings of conftest: a script sets those itself, as it does for a user.
   """
-  env = dict(os.environ)
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS')}
   flags = [f for f in env.get('XLA_FLAGS', '').split()
            if 'xla_force_host_platform_device_count' not in f]
   if num_devices > 1:
