@@ -16,7 +16,7 @@ DATA_DIR ?= data/synthetic
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test lock clean wheels bench-gpu test-jax-latest
+.PHONY: demo test test-fast install install-test lock clean wheels bench-gpu test-jax-latest
 
 # Pure-Python wheels a GPU machine without a registry lacks (it has jax, flax, optax, orbax, torch,
 # absl, PyYAML, Pillow; not ml_collections), for `benchmarks/gpu.sh` there (see BENCHMARKS.md).
@@ -40,8 +40,15 @@ install-test: $(VENV)/.stamp-test
 demo: $(VENV)/.stamp-base
 	$(PY) scripts/demo.py --data_dir $(DATA_DIR) --workdir $(DEMO_DIR)
 
+# The whole suite (what CI runs), then its 15 slowest tests.
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 \
+	  $(PYTEST_ARGS)
+
+# The edit loop: everything not marked `slow` (the end-to-end trainings and scripts).
+test-fast: $(VENV)/.stamp-test
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m 'not slow' \
+	  --durations=15 $(PYTEST_ARGS)
 
 # Rewrite the constraints from the current .venv after a deliberate upgrade.
 lock: $(VENV)/.stamp-test

@@ -1,17 +1,25 @@
-"""Test-wide setup: JAX runs on the CPU with several simulated devices.
+"""Test-wide setup: JAX runs on the CPU with one simulated device, unless a test module asks for more.
 
 The flags must be set before JAX is imported anywhere, which is why they live here at the top
 of conftest (pytest imports it before any test module).
+
+One device, because a program sharded over four simulated devices of a 2-core machine steps ~6x
+slower and nothing but sharding depends on the count. A module about sharding says
+`pytestmark = pytest.mark.devices(4)`: in a process with fewer devices its tests run once, all
+together, in a child pytest with that many (`FACENET_TEST_DEVICES`), and each reports the child's
+outcome for it (`pytest_pyfunc_call` below).
 """
 
 import os
+import re
 
-NUM_SIMULATED_DEVICES = 4
+NUM_SIMULATED_DEVICES = int(os.environ.get('FACENET_TEST_DEVICES', '1'))
 
 os.environ['JAX_PLATFORMS'] = 'cpu'
-_flag = f'--xla_force_host_platform_device_count={NUM_SIMULATED_DEVICES}'
-if _flag not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _flag).strip()
+os.environ['XLA_FLAGS'] = ' '.join(
+    [f for f in os.environ.get('XLA_FLAGS', '').split()
+     if 'xla_force_host_platform_device_count' not in f] +
+    [f'--xla_force_host_platform_device_count={NUM_SIMULATED_DEVICES}'])
 # Identical programs compiled by different tests (and by the scripts the tests start as
 # subprocesses, which inherit this environment) are compiled once per run.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
@@ -24,6 +32,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -45,16 +55,57 @@ def tiny_synthetic_root(tmp_path_factory) -> str:
   return root
 
 
-# The longest test files start first, so that with two xdist workers (`--dist loadfile`) the
-# short files fill the gaps at the end instead of one long file running alone after the rest.
-LONGEST_FIRST = ('test_multihost.py', 'test_train_driver.py', 'test_flare_study.py',
-                 'test_tsme.py', 'test_dndm.py', 'test_dsgan_training.py',
-                 'test_cross_modal_training.py', 'test_benchmark.py', 'test_train_step.py',
-                 'test_fscnet.py', 'test_vit.py', 'test_facenet.py', 'test_deen.py', 'test_agw.py')
+@pytest.fixture(scope='session')
+def tiny_sysu_root(tmp_path_factory) -> str:
+  """A small synthetic cross-modality tree (SYSU-MM01 layout) shared by the AGW / DEEN tests."""
+  from input_pipeline import synthetic_cross_modal  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp('tiny_sysu') / 'sysu')
+  return synthetic_cross_modal.generate_sysu_like(root, num_ids=18, images_per_camera=2,
+                                                  image_size=(32, 16))
 
 
+# Files with the most `slow` tests start first, so that with two xdist workers (`--dist loadfile`)
+# the short files fill the gaps at the end instead of one long file running alone after the rest.
 def pytest_collection_modifyitems(session, config, items):
   del session, config
-  rank = lambda item: (LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
-                       else len(LONGEST_FIRST))
-  items.sort(key=rank)   # stable: the order inside each file is kept
+  slow = {}
+  for item in items:
+    slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker('slow') is not None)
+  items.sort(key=lambda item: -slow[item.path])   # stable: the order inside each file is kept
+
+
+_CHILD_OUTCOMES: dict[str, tuple[dict[str, str], str]] = {}
+_OUTCOME_LINE = re.compile(r'^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (\S+)(?: - (.*))?$')
+
+
+def _child_outcomes(path: pathlib.Path, num_devices: int) -> tuple[dict[str, str], str]:
+  """{test id: outcome} of the module at `path` run in a child pytest, and the child's output."""
+  key = str(path)
+  if key not in _CHILD_OUTCOMES:
+    env = {**os.environ, 'FACENET_TEST_DEVICES': str(num_devices)}
+    done = subprocess.run(
+        [sys.executable, '-m', 'pytest', str(path.relative_to(REPO_ROOT)), '-q', '-rA',
+         '-p', 'no:cacheprovider', '-p', 'no:xdist'],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False)
+    outcomes = {}
+    for line in done.stdout.splitlines():
+      match = _OUTCOME_LINE.match(line.strip())
+      if match:
+        outcomes[match.group(2)] = match.group(1)
+    _CHILD_OUTCOMES[key] = outcomes, done.stdout[-6000:] + done.stderr[-3000:]
+  return _CHILD_OUTCOMES[key]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+  marker = pyfuncitem.get_closest_marker('devices')
+  if marker is None or marker.args[0] <= NUM_SIMULATED_DEVICES:
+    return None
+  outcomes, output = _child_outcomes(pyfuncitem.path, marker.args[0])
+  outcome = outcomes.get(pyfuncitem.nodeid, 'not run')
+  if outcome == 'SKIPPED':
+    pytest.skip(f'skipped in the child pytest with {marker.args[0]} devices')
+  if outcome != 'PASSED':
+    pytest.fail(f'{outcome} in the child pytest with {marker.args[0]} devices:\n{output}',
+                pytrace=False)
+  return True

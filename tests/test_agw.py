@@ -133,6 +133,7 @@ def test_wrt_matches_a_numpy_loop():
     losses.triplet_loss(features, labels, 'hard', 0.3)
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_parameter():
   model = _tiny_agw()
   variables = registry.init_variables(model, (32, 16), jax.random.PRNGKey(0))
@@ -246,6 +247,7 @@ def _conv1x1(m):
   return {'kernel': m.weight.detach().numpy().transpose(2, 3, 1, 0), 'bias': m.bias.detach().numpy()}
 
 
+@pytest.mark.slow
 @pytest.mark.parity
 @pytest.mark.parametrize('one_channel', [False, True])
 def test_agw_forward_matches_the_official_pytorch_model(one_channel):

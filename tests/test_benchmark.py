@@ -151,6 +151,7 @@ def test_train_benchmark_vs_torch(repo_root):
   assert re.search(r'JAX/torch throughput: [\d.]+x', out)
 
 
+@pytest.mark.slow
 def test_gpu_suite_small_mode_writes_its_table_and_json(tmp_path, monkeypatch, capsys):
   """`SMALL=1 benchmarks/gpu.sh` runs `gpu_suite --small`; here with one tiny ResNet case, the
   tiny ViT and the eval case, so the script stays working where no accelerator is lent."""

@@ -5,49 +5,22 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
-from configs import agw_synthetic
-from facenet_jax import device_input
-from facenet_jax import experiment
-from facenet_jax import models
-from facenet_jax import sharding
-from facenet_jax import steps
 from facenet_jax import train
-from facenet_jax.train_state import create_train_state
 from input_pipeline import cross_modal
 from input_pipeline import cross_modal_pipeline
 from input_pipeline import pipeline
 from input_pipeline import synthetic_cross_modal
+from tests.tiny import tiny_agw_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope='module')
-def sysu_root(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('synthetic') / 'sysu')
-  return synthetic_cross_modal.generate_sysu_like(root, num_ids=18, images_per_camera=2,
-                                                  image_size=(32, 16))
-
-
-def tiny_agw_config(root, **overrides):
-  config = agw_synthetic.get_config()
-  config.data.root = root
-  config.data.image_size = (32, 16)
-  config.data.pad_pixels = 2
-  config.data.num_ids_per_batch = 4
-  config.data.num_instances = 2
-  config.data.eval_batch_size = 16
-  config.model.width_multiplier = 0.125
-  config.train.log_every_steps = 1
-  config.train.checkpoint_every_steps = 2
-  config.train.eval_every_epochs = 100
-  for key, value in overrides.items():
-    group, field = key.split('__')
-    setattr(config[group], field, value)
-  return config
+def sysu_root(tiny_sysu_root):
+  return tiny_sysu_root
 
 
 def test_synthetic_layouts_read_with_the_real_readers(sysu_root, tmp_path):
@@ -95,28 +68,7 @@ def test_eval_stream_yields_every_record_once(sysu_root):
   assert seen == list(range(len(splits.gallery)))
 
 
-def test_agw_step_does_not_depend_on_the_number_of_devices(sysu_root):
-  """The stems' and shared stages' BatchNorm see the global batch however it is sharded."""
-  config = tiny_agw_config(sysu_root)
-  exp = experiment.build_experiment(config)
-  variables = models.init_variables(exp.model, config.data.image_size, jax.random.PRNGKey(0))
-  host_state = jax.device_get(create_train_state(variables, exp.tx, jax.random.PRNGKey(1)))
-  batch = pipeline.make_train_batch_fn(exp.train_records, config.data)(0)
-  batch = {k: batch[k] for k in exp.spec.batch.train_keys}
-  results = {}
-  for n in (1, 4):
-    mesh = sharding.create_mesh(jax.devices()[:n])
-    step = steps.jit_train_step(steps.make_train_step(
-        exp.model, exp.spec, exp.tx, config.loss, exp.learning_rate_fn,
-        prepare=device_input.make_prepare(config.data)), mesh)
-    state, metrics = step(sharding.replicate(host_state, mesh), sharding.shard_batch(batch, mesh))
-    results[n] = jax.device_get(state), steps.flatten_metrics(jax.device_get(metrics))
-  for key in ('loss', 'id', 'triplet', 'grad_norm'):
-    np.testing.assert_allclose(results[4][1][key], results[1][1][key], rtol=1e-4, atol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
-               results[4][0].batch_stats, results[1][0].batch_stats)
-
-
+@pytest.mark.slow
 def test_agw_trains_and_evaluates_under_the_sysu_protocol(sysu_root, tmp_path, capsys):
   config = tiny_agw_config(sysu_root, train__max_steps=4)
   final = train.train_and_evaluate(config, str(tmp_path / 'run'))
@@ -137,6 +89,7 @@ def test_agw_trains_and_evaluates_under_the_sysu_protocol(sysu_root, tmp_path, c
   assert f'{100 * final["test/mAP"]:.2f}' in proc.stdout.splitlines()[-2]
 
 
+@pytest.mark.slow
 def test_deen_trains_a_few_steps_and_evaluates(sysu_root, tmp_path, capsys):
   from configs import _deen_recipe  # pylint: disable=g-import-not-at-top
   config = _deen_recipe.get_deen_config('sysu_mm01', 'sysu_single')

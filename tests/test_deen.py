@@ -136,6 +136,7 @@ def test_cpm_matches_the_official_loop():
     losses.cpm_loss(jnp.zeros((6, 2)), jnp.zeros(6, jnp.int32))
 
 
+@pytest.mark.slow
 def test_deen_outputs_losses_and_gradients():
   model = deen.DEEN(num_classes=4, depth=18, width_multiplier=0.125)
   variables = registry.init_variables(model, (32, 16), jax.random.PRNGKey(0))

@@ -15,6 +15,7 @@ SETTINGS = dsgan_training.GanSettings(image_size=(32, 16), batch_size=2, num_ste
                                       width_multiplier=0.125, depth=18)
 
 
+@pytest.mark.slow
 def test_a_step_on_a_fixed_batch_lowers_both_losses():
   state = dsgan_training.init_state(SETTINGS, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
@@ -49,6 +50,7 @@ def _config(root):
   return config
 
 
+@pytest.mark.slow
 def test_training_resumes_to_the_same_state_and_stage_2_reads_the_generators(sysu_root, tmp_path):
   config = _config(sysu_root)
   lines = []

@@ -1,6 +1,5 @@
 """FACENet: outputs for every switch, parameter tree, gradients, FCE gating, config errors."""
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -149,40 +148,8 @@ def test_build_model_rejects_an_empty_label_set():
     models.build_model(_config(), 0)
 
 
-# ------------------------------------------------------------------------------ gradients
-
-
-def test_gradients_reach_every_trainable_leaf_and_delta():
-  model = models.build_model(_config(), NUM_CLASSES)
-  shapes, _ = _trace(model)
-  variables = random_variables(shapes)
-  rgb, ni, ti = _inputs(1)
-  flare = jnp.array([[1, 1], [0, 0], [1, 0], [0, 1]], jnp.int32)
-  labels = jnp.array([0, 3, 0, 3])
-
-  def ce(logits, y):
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
-
-  def loss(params):
-    out, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                               rgb, ni, ti, flare, train=True, mutable=['batch_stats'])
-    total = sum(ce(out['logits'][s], labels) for s in STREAMS)
-    total += ce(out['flare_logits']['rgb'], flare[:, 0])
-    total += ce(out['flare_logits']['ni'], flare[:, 1])
-    return total, updates
-
-  grads, updates = jax.grad(loss, has_aux=True)(variables['params'])
-  flat = flax.traverse_util.flatten_dict(grads)
-  assert set(flat) == set(flax.traverse_util.flatten_dict(variables['params']))
-  dead = [k for k, g in flat.items() if not np.any(np.asarray(g))]
-  assert not dead
-  assert abs(float(grads['mfmp']['threshold'])) > 0  # Delta really learns
-  assert all(np.all(np.isfinite(np.asarray(g))) for g in flat.values())
-  # Training updates the running statistics of every BatchNorm (backbones, MFMP, BNNecks).
-  old = flax.traverse_util.flatten_dict(variables['batch_stats'])
-  new = flax.traverse_util.flatten_dict(updates['batch_stats'])
-  assert set(old) == set(new)
-  assert all(not np.allclose(old[k], new[k]) for k in old)
+# Gradients reaching every trainable leaf (Delta included) and every BatchNorm's statistics:
+# the model contract test, tests/test_models.py.
 
 
 # ------------------------------------------------------------------- FCE gating at test time
@@ -205,6 +172,7 @@ def _embed(config, variables, images, flare, idx):
   return model.apply(variables, rgb, ni, ti, flare[idx], train=False)
 
 
+@pytest.mark.slow
 def test_test_time_embedding_of_a_sample_does_not_depend_on_its_batch(eval_setup):
   variables, images, flare = eval_setup
   config = _config()
@@ -306,6 +274,7 @@ def test_parameter_counts_by_hand_for_resnet18():
                                 if '/' not in k and k not in ('total', 'batch_stats'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('identical', [True, False])
 def test_streams_start_identical_unless_switched_off(identical):
   """Eq. 7 swaps TI channel c into RGB/NI channel c: the streams start alike (paper, official)."""

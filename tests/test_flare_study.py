@@ -127,6 +127,7 @@ def _study(out: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_the_study_script_on_two_tiny_rows_writes_tables_and_resumes(tmp_path):
   out = tmp_path / 'study'
   first = _study(out)

@@ -110,6 +110,7 @@ def test_spt_matches_numpy():
   np.testing.assert_allclose(out, u + np.tanh(y), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_all_blocks_off_is_deen_exactly():
   kwargs = dict(num_classes=4, depth=18, width_multiplier=0.125)
   off = fscnet.FSCNet(fsa=False, gca=False, spt=False, **kwargs)
@@ -132,6 +133,7 @@ def test_each_block_has_its_switch(switch):
   assert set(variables['params']['dee']['branch_1']['refine']) == {'fsa', 'gca', 'spt'} - {switch}
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_parameter_and_steps_lower_the_loss():
   config = default.get_config('fsc_net')
   config.model.depth, config.model.width_multiplier = 18, 0.125

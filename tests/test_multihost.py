@@ -2,8 +2,8 @@
 
 Two `scripts/train.py` processes join through `jax.distributed` on 127.0.0.1 (gloo collectives
 on CPU), each reading half of every P x K batch (whole identities) and half of every eval batch.
-The single-process reference runs in this pytest process, which has four simulated devices, on
-the same batches. Every wait has a deadline: a process that dies fails the test with its log
+The single-process reference is a third process with four simulated devices, on the same
+batches; this pytest process (one device) evaluates the pair's checkpoint. Every wait has a deadline: a process that dies fails the test with its log
 instead of leaving its peer hanging.
 """
 
@@ -21,7 +21,6 @@ import pytest
 from facenet_jax import checkpointing
 from facenet_jax import distributed
 from facenet_jax import experiment
-from facenet_jax import train
 from facenet_jax.eval import evaluator
 from facenet_jax.eval import protocols
 from facenet_jax.train_state import to_variables
@@ -46,8 +45,13 @@ def _launch(root: str, workdir: pathlib.Path, rank: int, num_processes: int, por
   flags = tiny_flags(root, workdir, **RUN, train__distributed=True,
                      train__coordinator_address=f'127.0.0.1:{port}',
                      train__num_processes=num_processes, train__process_id=rank, **overrides)
+  return _train_script(flags, 2, log)
+
+
+def _train_script(flags: list[str], num_devices: int, log: pathlib.Path) -> subprocess.Popen:
   return subprocess.Popen([sys.executable, 'scripts/train.py', *flags], cwd=REPO_ROOT,
-                          env={**subprocess_env(2), 'PYTHONUNBUFFERED': '1'}, stdout=subprocess.DEVNULL, stderr=log.open('w'))
+                          env={**subprocess_env(num_devices), 'PYTHONUNBUFFERED': '1'},
+                          stdout=subprocess.DEVNULL, stderr=log.open('w'))
 
 
 def _wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path], deadline_s: float
@@ -78,7 +82,7 @@ def _metric_lines(workdir: pathlib.Path) -> list[dict]:
 
 @pytest.fixture(scope='module')
 def pair_and_single(tiny_synthetic_root, tmp_path_factory):
-  """The tiny run as 2 processes x 2 devices (subprocesses), and as 1 x 4 (this process)."""
+  """The tiny run as 2 processes x 2 devices, then as 1 x 4 (subprocesses, one after the other)."""
   root = tmp_path_factory.mktemp('multihost')
   port = _free_port()
   logs = [root / f'rank{r}.log' for r in range(2)]
@@ -86,12 +90,14 @@ def pair_and_single(tiny_synthetic_root, tmp_path_factory):
   codes = _wait_all(processes, logs, DEADLINE_S)
   assert codes == [0, 0], '\n'.join(f'rank {r} exit {c}:\n{logs[r].read_text()[-3000:]}'
                                     for r, c in enumerate(codes))
-  config = tiny_config(tiny_synthetic_root, **RUN)
-  assert jax.device_count() == 4
-  train.train_and_evaluate(config, str(root / 'single'))
-  return config, root
+  log = root / 'single.log'
+  code, = _wait_all([_train_script(tiny_flags(tiny_synthetic_root, root / 'single', **RUN), 4,
+                                   log)], [log], DEADLINE_S)
+  assert code == 0, log.read_text()[-3000:]
+  return tiny_config(tiny_synthetic_root, **RUN), root
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_losses_of_one_process_with_the_same_devices(pair_and_single):
   _, root = pair_and_single
   pair = {l['step']: l for l in _metric_lines(root / 'pair') if 'train/loss' in l}
@@ -106,6 +112,7 @@ def test_two_processes_give_the_losses_of_one_process_with_the_same_devices(pair
                                  err_msg=f'{term} at step {step}')
 
 
+@pytest.mark.slow
 def test_only_process_zero_writes_logs_and_metric_files(pair_and_single):
   _, root = pair_and_single
   lines = _metric_lines(root / 'pair')
@@ -116,6 +123,7 @@ def test_only_process_zero_writes_logs_and_metric_files(pair_and_single):
   assert json.loads((root / 'pair' / 'config.json').read_text())['train']['process_id'] == 0
 
 
+@pytest.mark.slow
 def test_evaluation_gathers_every_image_once_and_matches_one_process(pair_and_single):
   """The pair's checkpoint, evaluated in this one process, gives the metrics the pair logged.
 
@@ -139,6 +147,7 @@ def test_evaluation_gathers_every_image_once_and_matches_one_process(pair_and_si
                                  err_msg=f'{split}/{key}')
 
 
+@pytest.mark.slow
 def test_a_peer_that_never_starts_is_a_clear_error_not_a_hang(tiny_synthetic_root, tmp_path):
   log = tmp_path / 'rank0.log'
   start = time.time()

@@ -194,6 +194,7 @@ def tiny_exp(tiny_synthetic_root):
   return config, experiment.build_experiment(config)
 
 
+@pytest.mark.slow
 def test_train_steps_on_one_batch_are_finite_and_lower_the_loss(tiny_exp):
   config, exp = tiny_exp
   stream = pipeline.make_train_stream(exp.train_records, config.data)
@@ -215,6 +216,7 @@ def test_train_steps_on_one_batch_are_finite_and_lower_the_loss(tiny_exp):
   assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 
+@pytest.mark.slow
 def test_the_trainer_and_the_report_run_it_unchanged(tiny_exp, tmp_path):
   config, exp = tiny_exp
   workdir = tmp_path / 'run'

@@ -26,6 +26,7 @@ from tests.tiny import tiny_flags
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_the_driver_stops_with_a_clear_message_on_a_non_finite_loss(tiny_synthetic_root, tmp_path,
                                                                    monkeypatch):
   config = tiny_config(tiny_synthetic_root, **SHORT_SGD_RUN)
@@ -95,6 +96,7 @@ def _final_test_metrics(workdir: pathlib.Path) -> dict[str, float]:
   return [l for l in _metric_lines(workdir) if 'test/mAP' in l][-1]
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_with_the_losses_of_an_uninterrupted_run(runs):
   _, root = runs
   straight = {l['step']: l['train/loss'] for l in _metric_lines(root / 'straight')
@@ -111,6 +113,7 @@ def test_a_run_killed_at_any_moment_resumes_with_the_losses_of_an_uninterrupted_
   assert (root / 'killed' / 'config.json').is_file()
 
 
+@pytest.mark.slow
 def test_the_console_has_a_startup_block_a_line_per_log_step_and_checkpoint_and_one_table(runs):
   """6 steps logged every step, checkpoints every 2 steps, one evaluation at the end."""
   _, root = runs
@@ -133,6 +136,7 @@ def test_the_console_has_a_startup_block_a_line_per_log_step_and_checkpoint_and_
   assert not [l for l in stderr.splitlines() if l.startswith('I')], stderr[:2000]
 
 
+@pytest.mark.slow
 def test_checkpoints_evaluate_from_disk_with_report_pictures_and_features(runs, tmp_path):
   config, root = runs
   final = _final_test_metrics(root / 'killed')
@@ -156,6 +160,7 @@ def test_checkpoints_evaluate_from_disk_with_report_pictures_and_features(runs, 
   assert best['step'] == 6   # the only evaluation, at the end, is the best by definition
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused_with_the_differing_shapes(runs):
   config, root = runs
   config = config.copy_and_resolve_references()
@@ -177,6 +182,7 @@ def test_an_empty_query_split_is_a_clear_error(tiny_synthetic_root, tmp_path):
     ev.evaluate(None, [], exp.gallery)
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_evaluation_evaluates_that_step_on_resume(tiny_synthetic_root,
                                                                          tmp_path, monkeypatch):
   """Killed after the last step's checkpoint but before its evaluation: the restart does it."""

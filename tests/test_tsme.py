@@ -91,6 +91,7 @@ def _tiny_config(root, stage1):
   return config
 
 
+@pytest.mark.slow
 def test_generators_load_from_the_stage_1_workdir_and_errors_name_it(tmp_path):
   stage1 = str(tmp_path / 'stage1')
   state = _save_stage1(stage1)
@@ -118,6 +119,7 @@ def test_generators_load_from_the_stage_1_workdir_and_errors_name_it(tmp_path):
   assert not tsme.frozen_parameter('real_0/resnet/stem/conv/kernel')
 
 
+@pytest.mark.slow
 def test_tsme_trains_a_few_steps_with_frozen_generators_and_evaluates(tmp_path, capsys):
   root = synthetic_cross_modal.generate_sysu_like(str(tmp_path / 'sysu'), num_ids=12,
                                                   images_per_camera=2, image_size=(32, 16))

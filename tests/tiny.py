@@ -3,6 +3,7 @@
 import os
 import pathlib
 
+from configs import agw_synthetic
 from configs import synthetic as synthetic_config
 
 # The synthetic config shrunk to test size: ResNet-18 streams at 32x16, batches of 4 x 2.
@@ -19,6 +20,22 @@ TINY_OVERRIDES = {
     'train.log_every_steps': 1,
     'train.checkpoint_every_steps': 2,
     'train.eval_every_epochs': 100,
+}
+
+
+# The smallest `config.model` fields of each registered model that still build every part of it:
+# what the model contract test (tests/test_models.py) builds from each model's config group.
+TINY_MODEL_FIELDS = {
+    'facenet': dict(depth=18, width_multiplier=0.125),
+    'facenet_vit': dict(embed_dim=32, depth=3, num_heads=2, patch_size=8,
+                        cross_attention_heads=2, cross_attention_dim_head=16),
+    'single_stream': dict(depth=18, width_multiplier=0.125),
+    'agw': dict(depth=18, width_multiplier=0.125),
+    'deen': dict(depth=18, width_multiplier=0.125),
+    'fsc_net': dict(depth=18, width_multiplier=0.25),   # FSA's MLP needs C'/16 >= 4 hidden units
+    'dndm': dict(depth=18, width_multiplier=0.125),
+    'tsme': dict(depth=18, width_multiplier=0.125, generator_depth=18,
+                 generator_width_multiplier=0.125),
 }
 
 
@@ -70,3 +87,22 @@ def subprocess_env(num_devices: int = 1) -> dict[str, str]:
     flags.append(f'--xla_force_host_platform_device_count={num_devices}')
   env['XLA_FLAGS'] = ' '.join(flags)
   return env
+
+
+def tiny_agw_config(root: str, **overrides):
+  """`configs/agw_synthetic.py` at test size (an eighth-width ResNet-50 at 32x16, batches 4 x 2),
+  then `overrides` ({'train__max_steps': 4} style)."""
+  config = agw_synthetic.get_config()
+  config.data.root = root
+  config.data.image_size = (32, 16)
+  config.data.pad_pixels = 2
+  config.data.num_ids_per_batch = 4
+  config.data.num_instances = 2
+  config.data.eval_batch_size = 16
+  config.model.width_multiplier = 0.125
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 2
+  config.train.eval_every_epochs = 100
+  for key, value in overrides.items():
+    _set(config, key.replace('__', '.'), value)
+  return config
