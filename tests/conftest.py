@@ -109,3 +109,47 @@ def pytest_pyfunc_call(pyfuncitem):
     pytest.fail(f'{outcome} in the child pytest with {marker.args[0]} devices:\n{output}',
                 pytrace=False)
   return True
+
+
+# `FACENET_TEST_COMPILE_REPORT=N` prints, at the end, the N tests that spent the most time in XLA
+# compilation in this process (children started by a test are not counted), with the number of
+# programs compiled and the persistent-cache hits: where the suite's time goes.
+_COMPILE_REPORT = int(os.environ.get('FACENET_TEST_COMPILE_REPORT', '0'))
+_COMPILES: dict[str, list[float]] = {}
+_CURRENT_TEST = ['(collection)']
+
+
+def _on_duration(event: str, seconds: float, **kwargs) -> None:
+  del kwargs
+  entry = _COMPILES.setdefault(_CURRENT_TEST[0], [0.0, 0, 0])
+  if event == '/jax/core/compile/backend_compile_duration':
+    entry[0] += seconds
+    entry[1] += 1
+
+
+def _on_event(event: str, **kwargs) -> None:
+  del kwargs
+  if event == '/jax/compilation_cache/cache_hits':
+    _COMPILES.setdefault(_CURRENT_TEST[0], [0.0, 0, 0])[2] += 1
+
+
+if _COMPILE_REPORT:
+  import jax.monitoring  # pylint: disable=g-import-not-at-top
+  jax.monitoring.register_event_duration_secs_listener(_on_duration)
+  jax.monitoring.register_event_listener(_on_event)
+
+  @pytest.hookimpl(wrapper=True)
+  def pytest_runtest_protocol(item, nextitem):
+    del nextitem
+    _CURRENT_TEST[0] = item.nodeid
+    try:
+      return (yield)
+    finally:
+      _CURRENT_TEST[0] = '(between tests)'
+
+  def pytest_terminal_summary(terminalreporter):
+    rows = sorted(_COMPILES.items(), key=lambda kv: -kv[1][0])[:_COMPILE_REPORT]
+    terminalreporter.write_line(f'XLA compilation by test (worker pid {os.getpid()}): '
+                                'seconds, programs compiled, persistent-cache hits')
+    for name, (seconds, count, hits) in rows:
+      terminalreporter.write_line(f'{seconds:8.1f}s {count:5d} {hits:5d}  {name}')

@@ -256,7 +256,7 @@ def test_every_parameter_of_the_code_variant_gets_a_gradient():
   fields = dict(stem_pool='3x3', ngs_relu=True, dse_rule='code', cca_rule='code', pooling='gem',
                 bnneck=True)
   model = _tiny_model(**fields)
-  inputs = _inputs()
+  inputs = tuple(jnp.asarray(a) for a in _inputs())
   variables = registry.init_variables(model, (32, 16), jax.random.PRNGKey(0))
   loss_config = default.get_config('dndm').loss
   loss_config.ngs_attention_weight = 1.0

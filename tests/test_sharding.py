@@ -13,11 +13,9 @@ import pytest
 
 from facenet_jax import device_input
 from facenet_jax import experiment
-from facenet_jax import models
 from facenet_jax import sharding
 from facenet_jax import steps
 from facenet_jax.models import mfmp
-from facenet_jax.train_state import create_train_state
 from input_pipeline import pipeline
 from tests import test_mfmp
 from tests.tiny import tiny_agw_config
@@ -31,9 +29,9 @@ def test_this_module_sees_four_simulated_cpu_devices():
   assert len(devices) == 4 and all(d.platform == 'cpu' for d in devices)
 
 
-def _host_state(exp, config):
-  variables = models.init_variables(exp.model, config.data.image_size, jax.random.PRNGKey(0))
-  return jax.device_get(create_train_state(variables, exp.tx, jax.random.PRNGKey(1)))
+def _host_state(exp):
+  """The trainer's step-0 state (one compiled initialisation) as NumPy arrays."""
+  return jax.device_get(experiment.create_state(exp))
 
 
 def _step_on_mesh(exp, config, host_state, batch, num_devices):
@@ -65,7 +63,7 @@ def _assert_same_step(results, keys, base_lr=None):
 def test_facenet_loss_and_update_do_not_depend_on_the_number_of_devices(tiny_synthetic_root):
   config = tiny_config(tiny_synthetic_root)
   exp = experiment.build_experiment(config)
-  host_state = _host_state(exp, config)
+  host_state = _host_state(exp)
   batch = next(iter(pipeline.make_train_stream(exp.train_records, config.data)))
   batch = {k: batch[k] for k in exp.spec.batch.train_keys}
   results = {n: _step_on_mesh(exp, config, host_state, batch, n) for n in (1, 4)}
@@ -77,7 +75,7 @@ def test_agw_step_does_not_depend_on_the_number_of_devices(tiny_sysu_root):
   """The stems' and shared stages' BatchNorm see the global batch however it is sharded."""
   config = tiny_agw_config(tiny_sysu_root)
   exp = experiment.build_experiment(config)
-  host_state = _host_state(exp, config)
+  host_state = _host_state(exp)
   batch = pipeline.make_train_batch_fn(exp.train_records, config.data)(0)
   batch = {k: batch[k] for k in exp.spec.batch.train_keys}
   results = {n: _step_on_mesh(exp, config, host_state, batch, n) for n in (1, 4)}

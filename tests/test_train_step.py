@@ -8,10 +8,8 @@ import pytest
 
 from facenet_jax import device_input
 from facenet_jax import experiment
-from facenet_jax import models
 from facenet_jax import sharding
 from facenet_jax import steps
-from facenet_jax.train_state import create_train_state
 from input_pipeline import pipeline
 from tests.tiny import tiny_config
 
@@ -21,9 +19,9 @@ def setup(tiny_synthetic_root):
   """One experiment, its host-side initial state and a few host batches, shared by the tests."""
   config = tiny_config(tiny_synthetic_root)
   exp = experiment.build_experiment(config)
-  variables = models.init_variables(exp.model, config.data.image_size, jax.random.PRNGKey(0))
-  # NumPy copies: the jitted step donates its input state, which must not consume these.
-  host_state = jax.device_get(create_train_state(variables, exp.tx, jax.random.PRNGKey(1)))
+  # The trainer's own initialisation (one compiled program; op by op, a few hundred). NumPy
+  # copies: the jitted step donates its input state, which must not consume these.
+  host_state = jax.device_get(experiment.create_state(exp))
   stream = pipeline.make_train_stream(exp.train_records, config.data)
   batches = [{k: b[k] for k in exp.spec.batch.train_keys} for b, _ in zip(stream, range(8))]
   return config, exp, host_state, batches
@@ -84,9 +82,7 @@ def test_a_bfloat16_step_runs_on_cpu_and_stays_finite(setup):
   config = config.copy_and_resolve_references()
   config.model.dtype = 'bfloat16'
   exp = experiment.build_experiment(config)
-  host_state = jax.device_get(create_train_state(
-      models.init_variables(exp.model, config.data.image_size, jax.random.PRNGKey(0)),
-      exp.tx, jax.random.PRNGKey(1)))
+  host_state = jax.device_get(experiment.create_state(exp))
   assert jax.tree.leaves(host_state.params)[0].dtype == np.float32
   new_state, metrics = _step_on_mesh(exp, config, host_state, batches[0], 1)
   assert metrics['finite'] == 1.0 and np.isfinite(metrics['loss'])

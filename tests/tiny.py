@@ -56,10 +56,11 @@ def tiny_config(root: str, model: str = 'facenet', **overrides):
   return config
 
 
-def tiny_flags(root: str, workdir: str | pathlib.Path, **overrides) -> list[str]:
-  """`scripts/train.py` flags giving exactly `tiny_config(root, **overrides)`."""
+def tiny_flags(root: str, workdir: str | pathlib.Path, model: str = 'facenet',
+               **overrides) -> list[str]:
+  """`scripts/train.py` flags giving exactly `tiny_config(root, model, **overrides)`."""
   items = {**TINY_OVERRIDES, **{k.replace('__', '.'): v for k, v in overrides.items()}}
-  return (['--config', 'configs/synthetic.py', '--workdir', str(workdir),
+  return (['--config', f'configs/synthetic.py:{model}', '--workdir', str(workdir),
            f'--config.data.root={root}'] +
           [f'--config.{k}={v}' for k, v in items.items()])
 
@@ -75,8 +76,7 @@ SHORT_SGD_RUN = dict(train__max_steps=3, optim__optimizer='sgd', optim__base_lr=
 def subprocess_env(num_devices: int = 1) -> dict[str, str]:
   """This test environment for a child process with `num_devices` simulated CPU devices.
 
-  The tests' own four devices (conftest) only slow a tiny model down in a child that does not
-  need them; the compilation cache and the other settings are inherited, except the TensorFlow
+  The compilation cache and the other settings are inherited, except the TensorFlow
   log and oneDNN settings of conftest: a script sets those itself, as it does for a user.
   """
   env = {k: v for k, v in os.environ.items()
