@@ -4,7 +4,8 @@ r"""AGW on LLCM with the official recipe (configs/_agw_recipe.py), infrared -> v
         --config.data.root=/data/LLCM
 
 `--config.data.direction=visible_to_infrared` for the other direction; the official LLCM scripts
-use the distinct-identity CMC (`--config.eval.cmc_mode=distinct_ids`).
+use the distinct-identity CMC, reported here by default (`--config.eval.cmc_mode=standard` for the
+standard one).
 """
 
 from configs import _agw_recipe

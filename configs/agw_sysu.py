@@ -6,7 +6,7 @@ r"""AGW on SYSU-MM01 with the official recipe (configs/_agw_recipe.py), all-sear
 Indoor search: `--config.data.search_mode=indoor`; multi-shot: `--config.eval.protocol=sysu_multi`.
 Published (AGW README, all-search single-shot, one run): R-1 47.50, mAP 47.65, mINP 35.30, with the
 official one-channel non-local blocks (`--config.model.bug_nonlocal_one_channel=True`) and the
-distinct-identity CMC (`--config.eval.cmc_mode=distinct_ids`).
+distinct-identity CMC (the default here; `--config.eval.cmc_mode=standard` for the standard one).
 """
 
 from configs import _agw_recipe

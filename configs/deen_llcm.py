@@ -5,7 +5,8 @@ r"""DEEN on LLCM with the official recipe (configs/_deen_recipe.py), infrared ->
 
 Published (DEEN README, LLCM; two unlabelled column groups, R-1 / R-10 / R-20 / mAP):
 55.52 / 83.88 / 89.98 / 62.07 and 69.21 / 90.95 / 95.07 / 55.52. The official LLCM scripts use the
-distinct-identity CMC (`--config.eval.cmc_mode=distinct_ids`).
+distinct-identity CMC, reported here by default (`--config.eval.cmc_mode=standard` for the standard
+one).
 """
 
 from configs import _deen_recipe

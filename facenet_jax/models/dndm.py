@@ -53,6 +53,7 @@ import ml_collections
 
 from facenet_jax import batches
 from facenet_jax.models import agw
+from facenet_jax.models import batch_norm
 from facenet_jax.models import facenet
 from facenet_jax.models import heads
 from facenet_jax.models import registry
@@ -180,9 +181,9 @@ class ClassifierHead(nn.Module):
     self.classifier = self.param('classifier', nn.initializers.normal(0.001),
                                  (self.features, self.num_classes), jnp.float32)
     if self.bnneck:
-      self.neck = nn.BatchNorm(use_bias=False, momentum=resnet.BN_MOMENTUM,
-                               epsilon=resnet.BN_EPSILON, dtype=self.dtype,
-                               param_dtype=jnp.float32, name='bnneck')
+      self.neck = batch_norm.BatchNorm(use_bias=False, momentum=resnet.BN_MOMENTUM,
+                                       epsilon=resnet.BN_EPSILON, dtype=self.dtype,
+                                       param_dtype=jnp.float32, name='bnneck')
 
   def class_scores(self, x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) @ self.classifier

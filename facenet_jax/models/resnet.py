@@ -22,9 +22,9 @@ feature map, see `facenet_jax.pretrained` and tests/test_pretrained.py):
   * v1.5: the bottleneck puts the stride on the 3x3 conv, not on the first 1x1;
   * the projection shortcut (1x1 conv with stride + BN) exists only when the stride or the width
     changes; BatchNorm eps 1e-5 and momentum 0.1 in torch terms (0.9 in flax terms).
-  One difference remains: flax updates the running variance with the biased batch variance, torch
-  with the unbiased one. It only affects the running statistics during training, never eval numerics
-  of given weights.
+  * BatchNorm in training as well (`facenet_jax.models.batch_norm`): batch statistics in float32
+    with the two-pass variance, the running variance updated with the unbiased batch variance.
+  What still differs from torch is float summation order (convolution algorithms, reductions).
 
 The stages are separate submodules (`stem`, `layer1` .. `layer4`) with the methods
 `forward_stem` / `forward_stage`, so `facenet.py` can run stages 1..L, plug MFMP/FCE in after stage
@@ -36,6 +36,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from facenet_jax.models import batch_norm as batch_norm_lib
 
 # depth -> (block type, blocks per stage), as in torchvision.
 RESNET_SPECS = {
@@ -49,8 +51,8 @@ STEM_WIDTH = 64
 MIN_WIDTH = 8  # narrowest scaled width (`width_multiplier`): no stage collapses to a few channels
 EXPANSION = {'basic': 1, 'bottleneck': 4}
 
-BN_MOMENTUM = 0.9  # torch momentum 0.1
-BN_EPSILON = 1e-5
+BN_MOMENTUM = batch_norm_lib.MOMENTUM  # 0.9 in flax terms: torch momentum 0.1
+BN_EPSILON = batch_norm_lib.EPSILON
 
 # torchvision initialises convs with kaiming_normal(mode='fan_out', nonlinearity='relu'); jax's
 # variance_scaling 'normal' is the same untruncated normal.
@@ -216,15 +218,17 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
   return jnp.where(taken, out, best)  # no element equals a NaN maximum: keep the NaN
 
 
-def batch_norm(train: bool, dtype: Any, name: str, **kwargs) -> nn.BatchNorm:
-  """torch's BatchNorm2d / 1d defaults (momentum 0.1, eps 1e-5), float32 parameters; `kwargs`
-  go to `nn.BatchNorm` (e.g. `use_bias=False`, initialisers)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                      epsilon=BN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name,
-                      **kwargs)
+def batch_norm(train: bool, dtype: Any, name: str, **kwargs) -> batch_norm_lib.BatchNorm:
+  """The library's one BatchNorm maker: torch's BatchNorm2d / 1d (momentum 0.1, eps 1e-5; batch
+  statistics in float32 with the two-pass variance, the running variance updated unbiased; see
+  `facenet_jax.models.batch_norm`), float32 parameters; `kwargs` go to the module (e.g.
+  `use_bias=False`, initialisers)."""
+  return batch_norm_lib.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                                  epsilon=BN_EPSILON, dtype=dtype, param_dtype=jnp.float32,
+                                  name=name, **kwargs)
 
 
-def zero_init_batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+def zero_init_batch_norm(train: bool, dtype: Any, name: str) -> batch_norm_lib.BatchNorm:
   """`batch_norm` with scale and bias starting at zero: a residual branch ending in it starts as
   the identity (non-local blocks)."""
   return batch_norm(train, dtype, name, scale_init=nn.initializers.zeros,
