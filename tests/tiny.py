@@ -47,9 +47,14 @@ def _set(config, dotted: str, value) -> None:
 def tiny_config(root: str, model: str = 'facenet', **overrides):
   """`configs/synthetic.py:<model>` with TINY_OVERRIDES, then `overrides` ({'train__max_steps': 3}
   style)."""
-  config = synthetic_config.get_config(model)
+  return _shrunk(synthetic_config.get_config(model), root, TINY_OVERRIDES, overrides)
+
+
+def _shrunk(config, root: str, test_size: dict, overrides: dict):
+  """`config` on the tree at `root` with the dotted `test_size` fields, then the `a__b`
+  `overrides`."""
   config.data.root = root
-  for dotted, value in TINY_OVERRIDES.items():
+  for dotted, value in test_size.items():
     _set(config, dotted, value)
   for key, value in overrides.items():
     _set(config, key.replace('__', '.'), value)
@@ -89,20 +94,21 @@ def subprocess_env(num_devices: int = 1) -> dict[str, str]:
   return env
 
 
+# `configs/agw_synthetic.py` at test size: an eighth-width ResNet-50 at 32x16, batches 4 x 2.
+TINY_AGW_OVERRIDES = {
+    'data.image_size': (32, 16),
+    'data.pad_pixels': 2,
+    'data.num_ids_per_batch': 4,
+    'data.num_instances': 2,
+    'data.eval_batch_size': 16,
+    'model.width_multiplier': 0.125,
+    'train.log_every_steps': 1,
+    'train.checkpoint_every_steps': 2,
+    'train.eval_every_epochs': 100,
+}
+
+
 def tiny_agw_config(root: str, **overrides):
-  """`configs/agw_synthetic.py` at test size (an eighth-width ResNet-50 at 32x16, batches 4 x 2),
-  then `overrides` ({'train__max_steps': 4} style)."""
-  config = agw_synthetic.get_config()
-  config.data.root = root
-  config.data.image_size = (32, 16)
-  config.data.pad_pixels = 2
-  config.data.num_ids_per_batch = 4
-  config.data.num_instances = 2
-  config.data.eval_batch_size = 16
-  config.model.width_multiplier = 0.125
-  config.train.log_every_steps = 1
-  config.train.checkpoint_every_steps = 2
-  config.train.eval_every_epochs = 100
-  for key, value in overrides.items():
-    _set(config, key.replace('__', '.'), value)
-  return config
+  """`configs/agw_synthetic.py` with TINY_AGW_OVERRIDES, then `overrides` ({'train__max_steps':
+  4} style)."""
+  return _shrunk(agw_synthetic.get_config(), root, TINY_AGW_OVERRIDES, overrides)
