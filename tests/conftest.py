@@ -113,7 +113,8 @@ def pytest_pyfunc_call(pyfuncitem):
 
 # `FACENET_TEST_COMPILE_REPORT=N` prints, at the end, the N tests that spent the most time in XLA
 # compilation in this process (children started by a test are not counted), with the number of
-# programs compiled and the persistent-cache hits: where the suite's time goes.
+# programs compiled and the persistent-cache hits: where the suite's time goes. Run it with
+# `-p no:xdist`: under xdist the summary is printed by the controller, which compiles nothing.
 _COMPILE_REPORT = int(os.environ.get('FACENET_TEST_COMPILE_REPORT', '0'))
 _COMPILES: dict[str, list[float]] = {}
 _CURRENT_TEST = ['(collection)']

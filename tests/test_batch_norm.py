@@ -10,6 +10,7 @@ import pytest
 from facenet_jax.models import batch_norm
 from facenet_jax.models import resnet
 from facenet_jax.models import two_stem_resnet
+from tests.test_agw import _relative_error  # pylint: disable=protected-access
 from tests.test_agw import numpy_non_local
 
 EPS = batch_norm.EPSILON
@@ -143,7 +144,7 @@ def test_a_resnet_bottleneck_in_training_matches_float64(monkeypatch, use_fast_v
   y = bn(numpy_conv(y, p['conv3']['kernel'], pad=0), 'bn3')[0]
   shortcut = bn(numpy_conv(x, p['downsample_conv']['kernel'], pad=0), 'downsample_bn')[0]
   expected = np.maximum(y + shortcut, 0)
-  error = np.abs(np.asarray(out, np.float64) - expected).max() / np.abs(expected).max()
+  error = _relative_error(out, expected)
   if use_fast_variance:
     assert error > 1e-2, error   # ~0.3 measured
   else:

@@ -32,7 +32,6 @@ from tests.tiny import tiny_flags
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEADLINE_S = 480
 RUN = SHORT_SGD_RUN
-MODEL = 'facenet'
 
 
 def _free_port() -> int:
@@ -43,7 +42,7 @@ def _free_port() -> int:
 
 def _launch(root: str, workdir: pathlib.Path, rank: int, num_processes: int, port: int,
             log: pathlib.Path, **overrides) -> subprocess.Popen:
-  flags = tiny_flags(root, workdir, MODEL, **RUN, train__distributed=True,
+  flags = tiny_flags(root, workdir, **RUN, train__distributed=True,
                      train__coordinator_address=f'127.0.0.1:{port}',
                      train__num_processes=num_processes, train__process_id=rank, **overrides)
   return _train_script(flags, 2, log)
@@ -89,8 +88,8 @@ def pair_and_single(tiny_synthetic_root, tmp_path_factory):
   # the input preparation's) are then in the persistent cache for both peers, which would
   # otherwise compile each of them at the same time.
   log = root / 'single.log'
-  code, = _wait_all([_train_script(tiny_flags(tiny_synthetic_root, root / 'single', MODEL, **RUN),
-                                   4, log)], [log], DEADLINE_S)
+  code, = _wait_all([_train_script(tiny_flags(tiny_synthetic_root, root / 'single', **RUN), 4,
+                                   log)], [log], DEADLINE_S)
   assert code == 0, log.read_text()[-3000:]
   port = _free_port()
   logs = [root / f'rank{r}.log' for r in range(2)]
@@ -98,7 +97,7 @@ def pair_and_single(tiny_synthetic_root, tmp_path_factory):
   codes = _wait_all(processes, logs, DEADLINE_S)
   assert codes == [0, 0], '\n'.join(f'rank {r} exit {c}:\n{logs[r].read_text()[-3000:]}'
                                     for r, c in enumerate(codes))
-  return tiny_config(tiny_synthetic_root, MODEL, **RUN), root
+  return tiny_config(tiny_synthetic_root, **RUN), root
 
 
 @pytest.mark.slow
@@ -166,7 +165,7 @@ def test_a_peer_that_never_starts_is_a_clear_error_not_a_hang(tiny_synthetic_roo
 
 
 def test_cluster_parameters_come_from_config_then_environment():
-  config = tiny_config('unused', MODEL).train
+  config = tiny_config('unused').train
   config.distributed = True
   env = {'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234', 'JAX_NUM_PROCESSES': '4',
          'JAX_PROCESS_ID': '3'}

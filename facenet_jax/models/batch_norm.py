@@ -7,7 +7,8 @@ E[x^2] - E[x]^2, which cancels catastrophically where a channel's |mean| / std i
 errors of 1e-3 in train-mode outputs of the official AGW with its one-channel non-local blocks,
 whose BatchNorm inputs reach |mean| / std ~ 3e5), and it updates the running variance with the
 biased variance. `BatchNorm` here computes the statistics in float32 whatever the compute dtype,
-the variance in two passes (mean((x - mean)^2)), normalises as flax does and updates the running
+the variance in two passes (mean((x - mean)^2)), both over values shifted by each channel's
+first value (`batch_statistics`), normalises as flax does and updates the running
 statistics as torch does. At test time (running averages) it is flax's computation, operation for
 operation. Its parameters ('scale', 'bias') and statistics ('mean', 'var') have flax's names and
 shapes, so checkpoints written before load unchanged.

@@ -181,9 +181,7 @@ class ClassifierHead(nn.Module):
     self.classifier = self.param('classifier', nn.initializers.normal(0.001),
                                  (self.features, self.num_classes), jnp.float32)
     if self.bnneck:
-      self.neck = batch_norm.BatchNorm(use_bias=False, momentum=resnet.BN_MOMENTUM,
-                                       epsilon=resnet.BN_EPSILON, dtype=self.dtype,
-                                       param_dtype=jnp.float32, name='bnneck')
+      self.neck = batch_norm.BatchNorm(use_bias=False, dtype=self.dtype, name='bnneck')
 
   def class_scores(self, x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) @ self.classifier
