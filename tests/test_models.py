@@ -18,10 +18,12 @@ from configs import default
 from facenet_jax import models
 from facenet_jax import steps
 from facenet_jax.train_state import create_train_state
+from tests.tiny import TINY_MODEL_CLASSES
 from tests.tiny import TINY_MODEL_FIELDS
+from tests.tiny import TINY_MODEL_IMAGE_SIZE as IMAGE_SIZE
+from tests.tiny import initial_variables
+from tests.tiny import tiny_model
 
-IMAGE_SIZE = (32, 16)
-NUM_CLASSES = 4
 B = 8
 
 
@@ -29,12 +31,6 @@ def test_every_registered_model_has_a_tiny_config_and_a_config_group():
   assert sorted(TINY_MODEL_FIELDS) == sorted(models.names())
   for name in models.names():
     assert default.get_config(name).model.name == name
-
-
-def _build(name):
-  config = default.get_config(name)
-  config.model.update(TINY_MODEL_FIELDS[name])
-  return config, models.build_model(config.model, NUM_CLASSES), models.get_spec(name)
 
 
 def _batch(contract) -> dict[str, np.ndarray]:
@@ -67,7 +63,7 @@ def _gradient_recorder() -> optax.GradientTransformation:
 
 @pytest.mark.parametrize('name', models.names())
 def test_outputs_follow_the_contract_in_training_and_at_test_time(name):
-  _, model, spec = _build(name)
+  _, model, spec = tiny_model(name)
   batch = _batch(spec.batch)
   shapes = jax.eval_shape(lambda r: models.init_variables(model, IMAGE_SIZE, r),
                           jax.random.PRNGKey(0))
@@ -82,7 +78,7 @@ def test_outputs_follow_the_contract_in_training_and_at_test_time(name):
     # [B, D] rows, or a multiple of B where training expands the batch (DEEN's three branches).
     rows, dim = train_out['features'][branch].shape
     assert rows % B == 0 and train_out['bn_features'][branch].shape == (rows, dim)
-    assert train_out['logits'][branch].shape == (rows, NUM_CLASSES)
+    assert train_out['logits'][branch].shape == (rows, TINY_MODEL_CLASSES)
   assert test_out['embedding'].shape[0] == B and test_out['embedding'].ndim == 2
   assert test_out['embedding'].dtype == jnp.float32
   assert jax.tree.structure(updates['batch_stats']) == jax.tree.structure(shapes['batch_stats'])
@@ -101,9 +97,8 @@ def _revive_zero_scales(params):
 @pytest.mark.slow
 @pytest.mark.parametrize('name', models.names())
 def test_one_train_step_reaches_every_trainable_leaf_and_every_batch_norm(name):
-  config, model, spec = _build(name)
-  variables = jax.jit(lambda r: models.init_variables(model, IMAGE_SIZE, r))(
-      jax.random.PRNGKey(0))
+  config, model, spec = tiny_model(name)
+  variables = initial_variables(name, jax.random.PRNGKey(0))
   variables = {**variables, 'params': _revive_zero_scales(variables['params'])}
   tx = _gradient_recorder()
   state = create_train_state(variables, tx, jax.random.PRNGKey(1))

@@ -1,10 +1,15 @@
 """The tiny training config shared by the training tests: small enough to compile and run fast."""
 
+import functools
 import os
 import pathlib
 
+import jax
+
 from configs import agw_synthetic
+from configs import default
 from configs import synthetic as synthetic_config
+from facenet_jax import models
 
 # The synthetic config shrunk to test size: ResNet-18 streams at 32x16, batches of 4 x 2.
 TINY_OVERRIDES = {
@@ -37,6 +42,29 @@ TINY_MODEL_FIELDS = {
     'tsme': dict(depth=18, width_multiplier=0.125, generator_depth=18,
                  generator_width_multiplier=0.125),
 }
+
+
+TINY_MODEL_IMAGE_SIZE = (32, 16)
+TINY_MODEL_CLASSES = 4
+
+
+def tiny_model(name: str, **fields):
+  """(config, model, spec) of `configs/default.py:<name>` with TINY_MODEL_FIELDS, then `fields`."""
+  config = default.get_config(name)
+  config.model.update({**TINY_MODEL_FIELDS[name], **fields})
+  return config, models.build_model(config.model, TINY_MODEL_CLASSES), models.get_spec(name)
+
+
+@functools.cache
+def _jitted_init(name: str, fields: tuple):
+  _, model, _ = tiny_model(name, **dict(fields))
+  return jax.jit(lambda rng: models.init_variables(model, TINY_MODEL_IMAGE_SIZE, rng))
+
+
+def initial_variables(name: str, rng: jax.Array, **fields) -> dict:
+  """`tiny_model(name, **fields)`'s initial variables from `rng`: one compiled program per model
+  and process (and one entry of the persistent cache for every test that draws them)."""
+  return _jitted_init(name, tuple(sorted(fields.items())))(rng)
 
 
 def _set(config, dotted: str, value) -> None:

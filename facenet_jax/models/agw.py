@@ -13,6 +13,12 @@ job: the official evaluation ranks by cosine similarity, which `eval.distance` '
 Loss (`agw_loss_bundle`, `facenet.reid_terms`): CE on the logits + the weighted regularisation
 triplet (`loss.triplet_kind='wrt'`) on f, both weight 1 (official `--method agw`); 'batch_hard'
 with margin 0.3 is the official `--method base`.
+
+Initialisation, as the official `model.py` (tested leaf by leaf in `tests/test_initializers.py`):
+the non-local g / theta / phi / W convolutions at torch's Conv2d default, W's BatchNorm at zero,
+the BNNeck scale N(1, 0.01) (`weights_init_kaiming`), the classifier N(0, 0.001); the stems and
+stages from ImageNet. The optimiser's update rule is torch's (`tests/test_optim.py`); the model's
+own gradients and optimiser steps are not compared against the official code here.
 """
 
 from typing import Any, Mapping
@@ -70,7 +76,8 @@ class AGW(nn.Module):
       pooled = two_stem_resnet.gem_pool(x, self.gem_p)
     else:
       pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    head = {BRANCH: heads.BNNeckHead(self.num_classes, dtype, name='head')}
+    head = {BRANCH: heads.BNNeckHead(self.num_classes, dtype, scale_init='torch_kaiming',
+                                     name='head')}
     return heads.branch_outputs({BRANCH: pooled}, head, self.neck_feat, train)
 
 

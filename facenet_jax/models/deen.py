@@ -24,6 +24,12 @@ As the official code (reference §4.2; FSC-Net's first commit minus its three mo
 Loss (`deen_loss_bundle`): CE over the 3B rows + triplet (`loss.triplet_kind`, batch-hard margin
 0.3, un-normalised in DEEN; FSC-Net normalises) + cpm_weight x [CPM(orig, b1) + CPM(orig, b2)]
 (`losses.cpm_loss`, margin 0.2) + ort_weight x orthogonality.
+
+Initialisation, as the official `DEEN/model.py` (`tests/test_initializers.py`): the MFA blocks'
+1x1 convolutions at torch's Conv2d default and their W BatchNorm at zero; DEE's dilated and
+expansion kernels N(0, 2 / fan_in) (`weights_init_kaiming`, which leaves the expansion's bias at
+torch's default); the BNNeck scale N(1, 0.01); the classifier N(0, 0.001). Gradients and
+optimiser steps are not compared against the official code here.
 """
 
 from typing import Any, Mapping
@@ -39,14 +45,13 @@ from facenet_jax.linalg import l2_normalize
 from facenet_jax.models import agw
 from facenet_jax.models import facenet
 from facenet_jax.models import heads
+from facenet_jax.models import initializers
 from facenet_jax.models import registry
 from facenet_jax.models import resnet
 from facenet_jax.models import two_stem_resnet
 
 _check_choice = facenet._check_choice  # pylint: disable=protected-access
 BRANCH = 'pool'
-# Kaiming normal, fan_in (torch `kaiming_normal_(a=0, mode='fan_in')`, the official init of DEE).
-KAIMING = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 
 def _nchw_view(x: jax.Array, rows: int) -> jax.Array:
@@ -60,9 +65,10 @@ def _from_nchw(y: jax.Array, channels: int, h: int, w: int) -> jax.Array:
   return jnp.transpose(y.reshape(y.shape[0], channels, h, w), (0, 2, 3, 1))
 
 
-def _conv1x1(features: int, dtype, name: str, stride: int = 1) -> nn.Conv:
-  return nn.Conv(features, (1, 1), strides=(stride, stride), padding='VALID', dtype=dtype,
-                 param_dtype=jnp.float32, name=name)
+def _conv1x1(features: int, in_features: int, dtype, name: str, stride: int = 1) -> nn.Conv:
+  """The MFA blocks' 1x1 convolutions, with torch's default init as in the official code."""
+  return initializers.torch_conv(features, (1, 1), in_features, strides=(stride, stride),
+                                 padding='VALID', dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 class CNL(nn.Module):
@@ -76,13 +82,14 @@ class CNL(nn.Module):
   def __call__(self, x_h, x_l, train: bool):
     stride = 2 if self.downsample else 1
     _, hl, wl, _ = x_l.shape
-    g = _nchw_view(_conv1x1(self.low_dim, self.dtype, 'g')(x_l), self.low_dim)       # [B, Cl, Nl]
-    theta = _nchw_view(_conv1x1(self.low_dim, self.dtype, 'theta')(x_h), self.low_dim)
-    phi = _nchw_view(_conv1x1(self.low_dim, self.dtype, 'phi', stride)(x_l), self.low_dim)
+    cl, ch = x_l.shape[-1], x_h.shape[-1]
+    g = _nchw_view(_conv1x1(self.low_dim, cl, self.dtype, 'g')(x_l), self.low_dim)   # [B, Cl, Nl]
+    theta = _nchw_view(_conv1x1(self.low_dim, ch, self.dtype, 'theta')(x_h), self.low_dim)
+    phi = _nchw_view(_conv1x1(self.low_dim, cl, self.dtype, 'phi', stride)(x_l), self.low_dim)
     energy = jnp.einsum('bin,bjn->bij', theta, phi)                                 # [B, Cl, Cl]
     y = jnp.einsum('bij,bjn->bin', energy / energy.shape[-1], g)                    # [B, Cl, Nl]
     y = _from_nchw(y, self.low_dim, hl, wl)
-    w_y = _conv1x1(self.high_dim, self.dtype, 'w', stride)(y)
+    w_y = _conv1x1(self.high_dim, self.low_dim, self.dtype, 'w', stride)(y)
     return x_h + resnet.zero_init_batch_norm(train, self.dtype, 'w_bn')(w_y)
 
 
@@ -97,13 +104,14 @@ class PNL(nn.Module):
   def __call__(self, x_h, x_l, train: bool):
     _, hh, wh, _ = x_h.shape
     inter = self.low_dim // self.reduction
-    g = _nchw_view(_conv1x1(inter, self.dtype, 'g')(x_l), self.low_dim)            # [B, Cl, Nl/2]
-    theta = _nchw_view(_conv1x1(inter, self.dtype, 'theta')(x_h), self.low_dim)    # [B, Cl, Nh/2]
-    phi = _nchw_view(_conv1x1(inter, self.dtype, 'phi')(x_l), self.low_dim)        # [B, Cl, Nl/2]
+    cl, ch = x_l.shape[-1], x_h.shape[-1]
+    g = _nchw_view(_conv1x1(inter, cl, self.dtype, 'g')(x_l), self.low_dim)        # [B, Cl, Nl/2]
+    theta = _nchw_view(_conv1x1(inter, ch, self.dtype, 'theta')(x_h), self.low_dim)  # [B, Cl, Nh/2]
+    phi = _nchw_view(_conv1x1(inter, cl, self.dtype, 'phi')(x_l), self.low_dim)    # [B, Cl, Nl/2]
     energy = jnp.einsum('bci,bcj->bij', theta, phi)                                 # [B, Nh/2, Nl/2]
     y = jnp.einsum('bij,bcj->bic', energy / energy.shape[-1], g)                    # [B, Nh/2, Cl]
     y = _from_nchw(jnp.transpose(y, (0, 2, 1)), inter, hh, wh)
-    w_y = _conv1x1(self.high_dim, self.dtype, 'w')(y)
+    w_y = _conv1x1(self.high_dim, inter, self.dtype, 'w')(y)
     return x_h + resnet.zero_init_batch_norm(train, self.dtype, 'w_bn')(w_y)
 
 
@@ -134,11 +142,14 @@ class DEEBranch(nn.Module):
     c = x.shape[-1]
     u = sum(nn.Conv(c // 4, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),
                     use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=KAIMING, name=f'dilated_{d}')(x) for d in (1, 2, 3)) / 3.0
+                    kernel_init=initializers.KAIMING_NORMAL_FAN_IN, name=f'dilated_{d}')(x)
+            for d in (1, 2, 3)) / 3.0
     if self.refine is not None:
       u = self.refine(name='refine')(u, train)
-    return nn.Conv(c, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, kernel_init=KAIMING,
-                   name='expand')(nn.relu(u))
+    # weights_init_kaiming sets a conv's kernel only: the bias keeps torch's default.
+    return nn.Conv(c, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                   kernel_init=initializers.KAIMING_NORMAL_FAN_IN,
+                   bias_init=initializers.torch_uniform(c // 4), name='expand')(nn.relu(u))
 
 
 class DEE(nn.Module):
@@ -203,7 +214,8 @@ class DEEN(nn.Module):
     for stage in range(self.dee_after_stage + 1, 4 if self.dee_after_stage == 2 else 5):
       x = backbone.forward_stage(stage, x, train)
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))                          # GAP [3B, C]
-    head = {BRANCH: heads.BNNeckHead(self.num_classes, dtype, name='head')}
+    head = {BRANCH: heads.BNNeckHead(self.num_classes, dtype, scale_init='torch_kaiming',
+                                     name='head')}
     out = heads.branch_outputs({BRANCH: pooled}, head, 'before', train)
     b = image.shape[0]
     b1, b2 = pooled[b:2 * b], pooled[2 * b:]

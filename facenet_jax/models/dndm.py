@@ -40,6 +40,12 @@ Choices where the paper is silent (ours, each a field or documented where it act
   collapses the features on the synthetic day/night set (20 epochs, seed 0: mAP 8.0, the CE stuck
   at ln(60), against 15.8 with it; `bnneck=False` remains available).
 * The test embedding: the BNNeck output (`neck_feat='after'`), or f without a BNNeck.
+
+Initialisation (`tests/test_initializers.py`): NGS's V at torch's Linear default, the code rule's
+CCA projection and the classifier N(0, 0.001) (`weights_init_classifier`), the BNNeck scale
+N(1, 0.01) (`weights_init_kaiming`), as the official code; the paper rule's CCA convolutions have
+no official code and start at torch's Conv2d default (ours). Gradients and optimiser steps are
+not compared against the official code here.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from facenet_jax import batches
 from facenet_jax.models import agw
 from facenet_jax.models import batch_norm
 from facenet_jax.models import facenet
+from facenet_jax.models import initializers
 from facenet_jax.models import heads
 from facenet_jax.models import registry
 from facenet_jax.models import resnet
@@ -64,8 +71,6 @@ _check_choice = facenet._check_choice  # pylint: disable=protected-access
 BRANCH = 'pool'
 RULES = ('paper', 'code')
 POOLINGS = ('avg', 'gem')
-# torch nn.Linear / Conv default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-TORCH_DEFAULT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 # Official DSE (code): T <- CODE_DSE_KEEP T + beta S; official CCA products.
 CODE_DSE_KEEP = 0.9
 CODE_CCA_TRAIN = 0.05
@@ -108,7 +113,7 @@ class NGS(nn.Module):
   def __call__(self, t: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     z = jnp.concatenate([t, mask[..., None].astype(t.dtype)], axis=-1)
     logit = nn.Dense(1, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                     kernel_init=TORCH_DEFAULT, name='v')(z)[..., 0]
+                     kernel_init=initializers.TORCH_DEFAULT_KERNEL, name='v')(z)[..., 0]
     if self.relu:
       logit = nn.relu(logit)
     a = jax.nn.sigmoid(logit.astype(jnp.float32))
@@ -178,10 +183,11 @@ class ClassifierHead(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.classifier = self.param('classifier', nn.initializers.normal(0.001),
+    self.classifier = self.param('classifier', initializers.CLASSIFIER,
                                  (self.features, self.num_classes), jnp.float32)
     if self.bnneck:
-      self.neck = batch_norm.BatchNorm(use_bias=False, dtype=self.dtype, name='bnneck')
+      self.neck = batch_norm.BatchNorm(use_bias=False, scale_init=initializers.BNNECK_SCALE,
+                                       dtype=self.dtype, name='bnneck')
 
   def class_scores(self, x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) @ self.classifier
@@ -222,17 +228,19 @@ class CCA(nn.Module):
                train: bool) -> jax.Array:
     c = t.shape[-1]
     if self.rule == 'paper':
-      p = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                  param_dtype=jnp.float32, name='project')(t)
+      # No official code for this rule: its convs start as torch's Conv2d would (the house
+      # rule for layers without one), as every other added layer of the family does.
+      p = initializers.torch_conv(self.features, (1, 1), c, use_bias=False, dtype=self.dtype,
+                                  param_dtype=jnp.float32, name='project')(t)
       p = resnet.batch_norm(train, self.dtype, 'project_bn')(p)
       if train:
         a = jax.nn.sigmoid(head.class_maps(p, pid))                        # label's map [B, h, w]
         p = p * exchange_maps(a, modality, pid)[..., None].astype(p.dtype)
-      back = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                     name='back_project')(p)
+      back = initializers.torch_conv(c, (1, 1), self.features, use_bias=False, dtype=self.dtype,
+                                     param_dtype=jnp.float32, name='back_project')(p)
       return t + nn.relu(resnet.batch_norm(train, self.dtype, 'back_project_bn')(back))
     project = nn.Dense(self.features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=nn.initializers.normal(0.001), name='project')
+                       kernel_init=initializers.CLASSIFIER, name='project')
     p = project(t)
     k = jnp.argmax(head.class_scores(project(jnp.mean(t, axis=(1, 2)))), axis=-1)
     a = jax.nn.sigmoid(nn.relu(head.class_maps(p, k)))                   # [B, h, w] in [0.5, 1)

@@ -20,6 +20,11 @@ DEEN (`deen.py`). The three blocks, NHWC here ([B, h, w, C']):
 Ablation switches `fsa`, `gca`, `spt` (each block on/off; all off is DEEN exactly). FSC-Net's loss
 differs from DEEN's in one line: the triplet sees L2-normalised features
 (`loss.triplet_normalize=True` in its configs).
+
+Initialisation: DEEN's, and FSA / GCA / SPT at torch's defaults (every Conv2d / Linear kernel
+and bias U(+-1/sqrt(fan_in)), LayerNorm and BatchNorm 1 / 0), as the official code leaves them
+(`tests/test_initializers.py`). Gradients and optimiser steps are not compared against the
+official code here.
 """
 
 import functools
@@ -32,6 +37,7 @@ import jax.numpy as jnp
 from facenet_jax import batches
 from facenet_jax.models import agw
 from facenet_jax.models import deen
+from facenet_jax.models import initializers
 from facenet_jax.models import registry
 from facenet_jax.models import resnet
 
@@ -47,9 +53,11 @@ class FSA(nn.Module):
   def __call__(self, u: jax.Array) -> jax.Array:
     _, h, w, c = u.shape
     spectrum = jnp.fft.rfft2(u.astype(jnp.float32), axes=(1, 2), norm='ortho')
-    reduce = nn.Dense(c, name='conv_reduce')          # the 1x1 conv on a 1x1 map: a Dense
-    hidden = nn.Dense(max(c // self.reduction, 1), name='mlp_1')
-    out = nn.Dense(c, name='mlp_2')
+    hidden_units = max(c // self.reduction, 1)
+    # The 1x1 conv on a 1x1 map is a Dense; all three start as torch's defaults (official).
+    reduce = initializers.torch_dense(c, 2 * c, name='conv_reduce')
+    hidden = initializers.torch_dense(hidden_units, c, name='mlp_1')
+    out = initializers.torch_dense(c, hidden_units, name='mlp_2')
 
     def weights(part):                                 # [B, h, w', C] -> [B, 1, 1, C]
       pooled = jnp.concatenate([jnp.mean(part, axis=(1, 2)), jnp.max(part, axis=(1, 2))], -1)
@@ -83,14 +91,16 @@ class GCA(nn.Module):
     hidden = int(self.expansion_ratio * c)
     conv_channels = int(self.conv_ratio * c)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32, name='norm')(x)
-    y = nn.Dense(2 * hidden, dtype=self.dtype, param_dtype=jnp.float32, name='fc1')(y)
+    y = initializers.torch_dense(2 * hidden, c, dtype=self.dtype, param_dtype=jnp.float32,
+                                 name='fc1')(y)
     g, i, conv = jnp.split(y, [hidden, 2 * hidden - conv_channels], axis=-1)
     k = self.kernel_size
-    conv = nn.Conv(conv_channels, (k, k), padding=((k // 2, k // 2), (k // 2, k // 2)),
-                   feature_group_count=conv_channels, dtype=self.dtype, param_dtype=jnp.float32,
-                   name='conv')(conv)
+    conv = initializers.torch_conv(conv_channels, (k, k), conv_channels, groups=conv_channels,
+                                   padding=((k // 2, k // 2), (k // 2, k // 2)), dtype=self.dtype,
+                                   param_dtype=jnp.float32, name='conv')(conv)
     y = nn.gelu(g, approximate=False) * jnp.concatenate([i, conv], axis=-1)
-    y = nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32, name='fc2')(y)
+    y = initializers.torch_dense(c, hidden, dtype=self.dtype, param_dtype=jnp.float32,
+                                 name='fc2')(y)
     rng = self.make_rng('dropout') if train and self.drop_path > 0 else None
     if self.drop_path_placement == 'after_residual':
       return drop_path(y + x, self.drop_path, rng)
@@ -104,8 +114,8 @@ class SPT(nn.Module):
   @nn.compact
   def __call__(self, u: jax.Array, train: bool) -> jax.Array:
     c = u.shape[-1]
-    y = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c, dtype=self.dtype,
-                param_dtype=jnp.float32, name='conv')(u)
+    y = initializers.torch_conv(c, (3, 3), c, groups=c, padding=((1, 1), (1, 1)),
+                                dtype=self.dtype, param_dtype=jnp.float32, name='conv')(u)
     y = resnet.batch_norm(train, self.dtype, 'norm')(y)
     return u + jnp.tanh(y)
 

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facenet_jax.models import initializers
 from facenet_jax.models import resnet
 
 NECK_FEATS = ('before', 'after')
@@ -17,15 +18,20 @@ class BNNeckHead(nn.Module):
   The BNNeck's bias is frozen at zero in the reference implementations (torch: bias 0 with
   requires_grad False). Here the BatchNorm simply has no bias parameter (`use_bias=False`), so no
   optimiser, weight decay or gradient can move it. Momentum 0.9 (torch 0.1), eps 1e-5.
+  The classifier starts N(0, 0.001) (`weights_init_classifier`); the neck's scale as the family's
+  official code starts it (`scale_init`, a key of `initializers.BNNECK_SCALE_INITS`): N(1, 0.01)
+  in AGW and the models built on it, 1 in FACENet.
   """
   num_classes: int
   dtype: Any = jnp.float32
+  scale_init: str = 'ones'
 
   @nn.compact
   def __call__(self, g: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    b = resnet.batch_norm(train, self.dtype, 'bnneck', use_bias=False)(g)
+    b = resnet.batch_norm(train, self.dtype, 'bnneck', use_bias=False,
+                          scale_init=initializers.BNNECK_SCALE_INITS[self.scale_init])(g)
     logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,
-                      param_dtype=jnp.float32, kernel_init=nn.initializers.normal(0.001),
+                      param_dtype=jnp.float32, kernel_init=initializers.CLASSIFIER,
                       name='classifier')(b)
     return b.astype(jnp.float32), logits.astype(jnp.float32)
 

@@ -29,6 +29,11 @@ differences from the official code: its generators' BatchNorm runs in training m
 (the statistics drift although the weights are frozen); its test-time transform flips images at
 random; our grey input is computed from the normalised float image (0.299 R + 0.587 G + 0.114 B)
 rather than PIL's integer conversion of the uint8 image.
+
+Initialisation, as the official `model.py` (`tests/test_initializers.py`): each head's Linear
+N(0, 2 / 512) (kaiming fan-out) with bias 0, its BatchNorm1d scale N(1, 0.01), its classifier
+N(0, 0.001) with bias 0; the streams from ImageNet, the generators from stage 1. Gradients and
+optimiser steps are not compared against the official code here.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from facenet_jax import losses
 from facenet_jax.linalg import l2_normalize
 from facenet_jax.models import dsgan
 from facenet_jax.models import facenet
+from facenet_jax.models import initializers
 from facenet_jax.models import registry
 from facenet_jax.models import resnet
 from facenet_jax.models import two_stem_resnet
@@ -55,8 +61,6 @@ GENERATORS = ('visible_to_infrared', 'infrared_to_visible')   # applied to modal
 GENERATOR_PREFIX = 'generator_'
 TEST_FEATURES = ('fc', 'pool5')
 NUM_PARTS, NUM_PAIR_PARTS, HEAD_DIM = 6, 2, 512
-# torch kaiming_normal_(mode='fan_out') of the official FeatureBlock's Linear.
-KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 def parameter_free_se(x: jax.Array) -> jax.Array:
@@ -84,11 +88,6 @@ def to_gray_input(x: jax.Array) -> jax.Array:
   return (gray[..., None] - mean) / std
 
 
-def _near_one(key, shape, dtype=jnp.float32):
-  """N(1, 0.01): the official FeatureBlock's BatchNorm1d weight init."""
-  return 1.0 + 0.01 * jax.random.normal(key, shape, dtype)
-
-
 class PartHead(nn.Module):
   """`FeatureBlock` + `ClassBlock`: `[B, C] -> (y [B, 512], logits [B, classes])`."""
   num_classes: int
@@ -97,10 +96,11 @@ class PartHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
     y = nn.Dense(HEAD_DIM, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=KAIMING_FAN_OUT, bias_init=nn.initializers.zeros, name='feature')(x)
-    y = resnet.batch_norm(train, self.dtype, 'feature_bn', scale_init=_near_one)(y)
+                 kernel_init=initializers.KAIMING_NORMAL_FAN_OUT, bias_init=nn.initializers.zeros,
+                 name='feature')(x)
+    y = resnet.batch_norm(train, self.dtype, 'feature_bn', scale_init=initializers.BNNECK_SCALE)(y)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                      kernel_init=nn.initializers.normal(0.001), bias_init=nn.initializers.zeros,
+                      kernel_init=initializers.CLASSIFIER, bias_init=nn.initializers.zeros,
                       name='classifier')(nn.leaky_relu(y, 0.1))
     return y.astype(jnp.float32), logits.astype(jnp.float32)
 

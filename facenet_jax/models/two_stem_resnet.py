@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facenet_jax.models import initializers
 from facenet_jax.models import resnet
 
 # Non-local blocks per stage (AGW `non_layers = [0, 2, 3, 0]`), placed after the last blocks.
@@ -66,8 +67,10 @@ class NonLocal(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     b, h, w, c = x.shape
-    conv = lambda name, features: nn.Conv(features, (1, 1), dtype=self.dtype,  # noqa: E731
-                                          param_dtype=jnp.float32, name=name)
+    # torch's default Conv2d init for g, theta, phi and W, as the official code leaves them.
+    conv = lambda name, features: initializers.torch_conv(  # noqa: E731
+        features, (1, 1), c if name != 'w' else self.inter_channels, dtype=self.dtype,
+        param_dtype=jnp.float32, name=name)
     n = h * w
     # Row-major flattening of (h, w) is the order of torch's NCHW `view(b, c, -1)`.
     g = conv('g', self.inter_channels)(x).reshape(b, n, self.inter_channels)

@@ -35,7 +35,6 @@ head sees only the tokens the mask selects, so the flare loss reaches the mask a
 With `fmi` off (no cross-modal interaction) Z_hat_S = Z_S: each mask from its own modality.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -43,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from facenet_jax import batches
+from facenet_jax.models import initializers
 from facenet_jax.models import mfmp
 from facenet_jax.models import resnet
 from facenet_jax.models import vit
@@ -52,14 +52,6 @@ LAYER_NORM_EPS = 1e-5  # torch nn.LayerNorm default, used by the code's cross-at
 DIRECTIONS = batches.FLARE_MODALITIES  # vmap index 0: RGB <- NI, 1: NI <- RGB
 
 
-def torch_uniform(fan_in: int):
-  """PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for any shape."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
 
 
 def split_heads(x: jax.Array, heads: int, split: str) -> jax.Array:
@@ -95,7 +87,8 @@ class CrossAttention(nn.Module):
 
     def dense(features, fan_in, name, use_bias):
       return nn.Dense(features, use_bias=use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                      kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in),
+                      kernel_init=initializers.torch_uniform(fan_in),
+                      bias_init=initializers.torch_uniform(fan_in),
                       name=name)
 
     def layer_norm(name):
