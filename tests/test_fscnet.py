@@ -230,6 +230,7 @@ def test_ablation_rows_build_the_intended_models():
   for config in configs.values():   # every row builds, on the same schedule and data
     models.build_model(config.model, num_classes=3)
     assert config.data.seed == 1 and config.train.num_epochs == settings.num_epochs
+    assert config.eval.cmc_mode == 'standard'     # the committed tables' CMC
   summary = ablation.summarize([
       {'row': 'deen', 'metrics': {m: 0.5 for m in ablation.METRICS}},
       {'row': 'deen', 'metrics': {m: 0.7 for m in ablation.METRICS}}])

@@ -159,4 +159,5 @@ def test_the_study_rows_share_data_and_schedule_and_tsme_reads_its_seeds_stage_1
   for config in (agw, stage2):
     assert config.train.num_epochs == settings.num_epochs and config.data.seed == 2
     assert tuple(config.data.image_size) == settings.image_size
+    assert config.eval.cmc_mode == 'standard'     # the committed tables' CMC
     registry.build_model(config.model, num_classes=3)
