@@ -134,7 +134,7 @@ def test_each_block_has_its_switch(switch):
 
 
 @pytest.mark.slow
-def test_gradients_reach_every_parameter_and_steps_lower_the_loss():
+def test_steps_lower_the_loss_and_move_every_block():
   config = default.get_config('fsc_net')
   config.model.depth, config.model.width_multiplier = 18, 0.125
   config.loss.triplet_normalize = True
@@ -159,15 +159,8 @@ def test_gradients_reach_every_parameter_and_steps_lower_the_loss():
   for block in ('fsa', 'gca', 'spt'):   # the loss reaches every block (no weight decay here)
     assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(after[block]),
                                                jax.tree.leaves(before[block]))), block
-  # ... and, at a width where FSA's MLP has several hidden units (C'/16 = 4), every parameter.
-  refinement = fscnet.FSCRefinement()
-  u = jnp.asarray(_map(c=64))
-  v = refinement.init(jax.random.PRNGKey(4), u, train=False)
-  g = jax.grad(lambda p: jnp.sum(refinement.apply(
-      {'params': p, 'batch_stats': v['batch_stats']}, u, train=True, mutable=['batch_stats'],
-      rngs={'dropout': jax.random.PRNGKey(6)})[0] ** 2))(v['params'])
-  for name, leaf in jax.tree_util.tree_leaves_with_path(g):
-    assert np.any(np.asarray(leaf)), jax.tree_util.keystr(name)
+  # That a gradient reaches every parameter (at a width where FSA's MLP has several hidden
+  # units) is the model contract test's fsc_net case (tests/test_models.py).
 
 
 # ------------------------------------------------------------------ PyTorch parity (parity extra)
