@@ -329,7 +329,8 @@ def test_agw_training_forward_and_running_statistics_match_the_official_pytorch_
 
 
 def _torch_wrt(torch, x, labels):
-  """The official `TripletLoss_WRT` (loss.py): softmax-weighted positives / negatives, soft margin."""
+  """The official `TripletLoss_WRT` (loss.py): softmax-weighted positives / negatives, soft
+  margin."""
   square = (x ** 2).sum(1, keepdim=True)
   dist = (square + square.t() - 2 * x @ x.t()).clamp(min=1e-12).sqrt()
   is_pos = (labels[:, None] == labels[None, :]).float()
@@ -354,7 +355,8 @@ def _official_agw_steps(torch, net, images, labels, peak_lr, dtype):
   head = {id(p) for p in (*net.bottleneck.parameters(), *net.classifier.parameters())}
   sgd = torch.optim.SGD(
       [{'params': [p for p in net.parameters() if id(p) not in head]},
-       {'params': list(net.bottleneck.parameters())}, {'params': list(net.classifier.parameters())}],
+       {'params': list(net.bottleneck.parameters())},
+       {'params': list(net.classifier.parameters())}],
       lr=0.0, weight_decay=5e-4, momentum=0.9, nesterov=True)
   target = torch.from_numpy(labels)
   history = []
@@ -427,8 +429,8 @@ def test_three_sgd_steps_match_the_official_training_steps():
   torch_loss_errors = [_relative_error(t, e) for t, e in zip(loss32, loss64)]
   assert all(o <= 3 * t + 1e-4 for o, t in zip(loss_errors, torch_loss_errors)), (
       loss_errors, torch_loss_errors)
-  start = flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, variables['params']), sep='/')
   flat = lambda tree: flax.traverse_util.flatten_dict(tree, sep='/')  # noqa: E731
+  start = flat(jax.tree.map(np.asarray, variables['params']))
   got = flat(jax.device_get(state.params))
   want = flat(_ours_from_torch(net64, variables)['params'])
   torch32 = flat(_ours_from_torch(net32, variables)['params'])
@@ -439,7 +441,8 @@ def test_three_sgd_steps_match_the_official_training_steps():
                  _relative_error(torch32[path] - p0, update), path))
   beyond = [r for r in rows if r[0] > 3 * r[1] + 1e-4]
   worst = sorted(rows, reverse=True)[:3]
-  assert not beyond, f'ours vs torch float32 (error, torch error, leaf): {beyond[:5]}; worst {worst}'
+  assert not beyond, (f'ours vs torch float32 (error, torch error, leaf): {beyond[:5]}; '
+                     f'worst {worst}')
 
 
 def test_flip_test_adds_the_mirrored_images_embedding():

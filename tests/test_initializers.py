@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import _dndm_recipe
 from facenet_jax.models import initializers
 from tests.tiny import initial_variables
 
@@ -44,12 +45,12 @@ def uniform(bound_of):
   return check
 
 
-def normal(mean, std_of, untruncated=True):
+def normal(mean, std_of):
   """N(mean, s^2), s = std_of(kernel shape); torch's normals are not truncated."""
   def check(values, kernel_shape, what):
     std = std_of(kernel_shape)
     _moments_agree(values, mean, std, what)
-    if untruncated and values.size >= 5000:
+    if values.size >= 5000:
       # P(|z| > 2.5) = 1.24 %; JAX's truncated normal of the same variance stops at 2.27 std.
       tail = float(np.mean(np.abs(values - mean) > 2.5 * std))
       assert abs(tail - 0.0124) <= 5 * math.sqrt(0.0124 / values.size), (what, tail)
@@ -106,35 +107,41 @@ FSC_BLOCKS = [(r'/refine/fsa/(conv_reduce|mlp_1|mlp_2)/(kernel|bias)$', TORCH_DE
 # The pretrained ImageNet parts: not initialised by the papers' code (weights loaded).
 IMAGENET = r'^(backbone/(stem_\d|layer\d/block_\d+)|(real|generated)_\d/resnet|generator_)'
 
-# configs/dndm_code_dn348.py's model switches.
-DNDM_CODE = dict(stem_pool='3x3', ngs_relu=True, dse_rule='code', cca_rule='code', pooling='gem')
+# The official code's model switches (configs/dndm_code_dn348.py), read from its recipe.
+DNDM_CODE = {field: _dndm_recipe.get_code_config('dn348').model[field]
+             for field in ('stem_pool', 'ngs_relu', 'dse_rule', 'cca_rule', 'pooling', 'bnneck')}
 
+# {case: (registered model, its config fields, [(leaf pattern, official rule)])}.
 FAMILIES = {
     # AGW `model.py` (mangye16 e817a26) 17-34, 177-178.
-    'agw': ({}, [(r'^backbone/layer\d/nonlocal_\d+' + p, r) for p, r in NON_LOCAL] + BNNECK_HEAD),
+    'agw': ('agw', {}, [(r'^backbone/layer\d/nonlocal_\d+' + p, r) for p, r in NON_LOCAL] +
+            BNNECK_HEAD),
     # DEEN: LLCM `DEEN/model.py` 101-169.
-    'deen': ({}, [(r'^mfa\d/(cnl|pnl)' + p, r) for p, r in NON_LOCAL] + DEE + BNNECK_HEAD),
-    'fsc_net': ({}, [(r'^mfa\d/(cnl|pnl)' + p, r) for p, r in NON_LOCAL] + DEE +
+    'deen': ('deen', {}, [(r'^mfa\d/(cnl|pnl)' + p, r) for p, r in NON_LOCAL] + DEE + BNNECK_HEAD),
+    'fsc_net': ('fsc_net', {}, [(r'^mfa\d/(cnl|pnl)' + p, r) for p, r in NON_LOCAL] + DEE +
                 [(r'^dee/branch_\d' + p, r) for p, r in FSC_BLOCKS] + BNNECK_HEAD),
-    # DNDM `model.py` / `Net.py` (DN-ReID 62b033f), the code variant: NGS's Linear(65, 1, bias=False)
-    # at torch's default, CCA's classifier projections and the classifier through
+    # DNDM `model.py` / `Net.py` (DN-ReID 62b033f), the code variant: NGS's Linear(65, 1,
+    # bias=False) at torch's default, CCA's classifier projections and the classifier through
     # weights_init_classifier, the bottleneck through weights_init_kaiming.
-    'dndm': (DNDM_CODE, [(r'^ngs/v/kernel$', TORCH_DEFAULT), (r'^cca\d/project/kernel$', CLASSIFIER),
-                         (r'^head/classifier$', CLASSIFIER), (r'^head/bnneck/scale$', BN1D_KAIMING)]),
+    'dndm': ('dndm', DNDM_CODE, [(r'^ngs/v/kernel$', TORCH_DEFAULT),
+                                 (r'^cca\d/project/kernel$', CLASSIFIER),
+                                 (r'^head/classifier$', CLASSIFIER),
+                                 (r'^head/bnneck/scale$', BN1D_KAIMING)]),
     # The paper rule's CCA has no official code: torch's default Conv2d (ours, `dndm.CCA`).
-    'dndm_paper': ({}, [(r'^ngs/v/kernel$', TORCH_DEFAULT),
-                        (r'^cca\d/(project|back_project)/kernel$', TORCH_DEFAULT),
-                        (r'^cca\d/(project|back_project)_bn/scale$', ONE),
-                        (r'^cca\d/(project|back_project)_bn/bias$', ZERO),
-                        (r'^head/classifier$', CLASSIFIER), (r'^head/bnneck/scale$', BN1D_KAIMING)]),
+    'dndm_paper': ('dndm', {}, [(r'^ngs/v/kernel$', TORCH_DEFAULT),
+                                (r'^cca\d/(project|back_project)/kernel$', TORCH_DEFAULT),
+                                (r'^cca\d/(project|back_project)_bn/scale$', ONE),
+                                (r'^cca\d/(project|back_project)_bn/bias$', ZERO),
+                                (r'^head/classifier$', CLASSIFIER),
+                                (r'^head/bnneck/scale$', BN1D_KAIMING)]),
     # TSME stage 2 (`model.py` at 99bc54c): FeatureBlock Linear kaiming fan_out with bias 0,
     # BatchNorm1d N(1, 0.01) / 0; ClassBlock N(0, 0.001) / 0.
-    'tsme': ({}, [(r'^head_\d+/feature/kernel$', KAIMING_FAN_OUT),
-                  (r'^head_\d+/feature/bias$', ZERO),
-                  (r'^head_\d+/feature_bn/scale$', BN1D_KAIMING),
-                  (r'^head_\d+/feature_bn/bias$', ZERO),
-                  (r'^head_\d+/classifier/kernel$', CLASSIFIER),
-                  (r'^head_\d+/classifier/bias$', ZERO)]),
+    'tsme': ('tsme', {}, [(r'^head_\d+/feature/kernel$', KAIMING_FAN_OUT),
+                          (r'^head_\d+/feature/bias$', ZERO),
+                          (r'^head_\d+/feature_bn/scale$', BN1D_KAIMING),
+                          (r'^head_\d+/feature_bn/bias$', ZERO),
+                          (r'^head_\d+/classifier/kernel$', CLASSIFIER),
+                          (r'^head_\d+/classifier/bias$', ZERO)]),
 }
 
 
@@ -152,8 +159,8 @@ def _drawn_parameters(name: str, fields: dict) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(FAMILIES))
 def test_each_added_layer_starts_as_the_official_code_initialises_it(name):
-  fields, rules = FAMILIES[name]
-  params = _drawn_parameters(name.removesuffix('_paper'), fields)
+  model, fields, rules = FAMILIES[name]
+  params = _drawn_parameters(model, fields)
   added = {p: v for p, v in params.items() if not re.match(IMAGENET, p)}
   unclaimed = [p for p in added if not any(re.search(pattern, p) for pattern, _ in rules)]
   assert not unclaimed, f'{name}: parameters without an official rule: {unclaimed}'

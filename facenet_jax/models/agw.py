@@ -19,7 +19,8 @@ the non-local g / theta / phi / W convolutions at torch's Conv2d default, W's Ba
 the BNNeck scale N(1, 0.01) (`weights_init_kaiming`), the classifier N(0, 0.001); the stems and
 stages from ImageNet. Training steps: the recipe's first three SGD steps (optimiser, groups,
 warm-up, CE + WRT) equal the official `train.py`'s within torch's own float32 error, float64
-being the reference (`tests/test_agw.py`); later epochs' schedule is checked in `tests/test_optim.py`.
+being the reference (`tests/test_agw.py`); later epochs' schedule is checked in
+`tests/test_optim.py`.
 """
 
 from typing import Any, Mapping

@@ -186,7 +186,7 @@ class ClassifierHead(nn.Module):
     self.classifier = self.param('classifier', initializers.CLASSIFIER,
                                  (self.features, self.num_classes), jnp.float32)
     if self.bnneck:
-      self.neck = batch_norm.BatchNorm(use_bias=False, scale_init=initializers.BNNECK_SCALE,
+      self.neck = batch_norm.BatchNorm(use_bias=False, scale_init=initializers.bnneck_scale,
                                        dtype=self.dtype, name='bnneck')
 
   def class_scores(self, x: jax.Array) -> jax.Array:

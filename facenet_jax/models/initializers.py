@@ -10,7 +10,7 @@ official code initialises it (the module docstrings say which). torch's rules, p
 * `weights_init_kaiming` (the AGW family's module-wide rule): Conv kernels `kaiming_normal_(a=0,
   mode='fan_in')` = N(0, 2 / fan_in), biases untouched (so still torch's default); Linear kernels
   `kaiming_normal_(mode='fan_out')` = N(0, 2 / fan_out), bias 0; BatchNorm1d weight N(1, 0.01),
-  bias 0: `KAIMING_NORMAL_FAN_IN`, `KAIMING_NORMAL_FAN_OUT`, `BNNECK_SCALE`.
+  bias 0: `KAIMING_NORMAL_FAN_IN`, `KAIMING_NORMAL_FAN_OUT`, `bnneck_scale`.
 * `weights_init_classifier`: Linear N(0, 0.001), bias 0: `CLASSIFIER`.
 
 torch's normal draws are not truncated, nor are JAX's variance-scaling 'normal' ones (its
@@ -52,7 +52,6 @@ def bnneck_scale(key, shape, dtype=jnp.float32) -> jax.Array:
   return 1.0 + 0.01 * jax.random.normal(key, shape, dtype)
 
 
-BNNECK_SCALE = bnneck_scale
 # A BNNeck's scale per official code: 'torch_kaiming' N(1, 0.01) (AGW and its descendants apply
 # weights_init_kaiming to the neck), 'ones' (FACENet's official head leaves BatchNorm1d alone).
 BNNECK_SCALE_INITS = {'torch_kaiming': bnneck_scale, 'ones': nn.initializers.ones}

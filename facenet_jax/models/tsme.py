@@ -98,7 +98,7 @@ class PartHead(nn.Module):
     y = nn.Dense(HEAD_DIM, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=initializers.KAIMING_NORMAL_FAN_OUT, bias_init=nn.initializers.zeros,
                  name='feature')(x)
-    y = resnet.batch_norm(train, self.dtype, 'feature_bn', scale_init=initializers.BNNECK_SCALE)(y)
+    y = resnet.batch_norm(train, self.dtype, 'feature_bn', scale_init=initializers.bnneck_scale)(y)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                       kernel_init=initializers.CLASSIFIER, bias_init=nn.initializers.zeros,
                       name='classifier')(nn.leaky_relu(y, 0.1))

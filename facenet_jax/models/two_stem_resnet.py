@@ -68,17 +68,16 @@ class NonLocal(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     b, h, w, c = x.shape
     # torch's default Conv2d init for g, theta, phi and W, as the official code leaves them.
-    conv = lambda name, features: initializers.torch_conv(  # noqa: E731
-        features, (1, 1), c if name != 'w' else self.inter_channels, dtype=self.dtype,
-        param_dtype=jnp.float32, name=name)
+    conv = lambda name, features, in_features: initializers.torch_conv(  # noqa: E731
+        features, (1, 1), in_features, dtype=self.dtype, param_dtype=jnp.float32, name=name)
     n = h * w
     # Row-major flattening of (h, w) is the order of torch's NCHW `view(b, c, -1)`.
-    g = conv('g', self.inter_channels)(x).reshape(b, n, self.inter_channels)
-    theta = conv('theta', self.inter_channels)(x).reshape(b, n, self.inter_channels)
-    phi = conv('phi', self.inter_channels)(x).reshape(b, n, self.inter_channels)
+    g = conv('g', self.inter_channels, c)(x).reshape(b, n, self.inter_channels)
+    theta = conv('theta', self.inter_channels, c)(x).reshape(b, n, self.inter_channels)
+    phi = conv('phi', self.inter_channels, c)(x).reshape(b, n, self.inter_channels)
     affinity = jnp.einsum('bic,bjc->bij', theta, phi) / n          # [B, N, N], no softmax
     y = jnp.einsum('bij,bjc->bic', affinity, g).reshape(b, h, w, self.inter_channels)
-    y = conv('w', c)(y)
+    y = conv('w', c, self.inter_channels)(y)
     y = resnet.zero_init_batch_norm(train, self.dtype, 'w_bn')(y)
     return x + y
 

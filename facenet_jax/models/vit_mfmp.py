@@ -52,8 +52,6 @@ LAYER_NORM_EPS = 1e-5  # torch nn.LayerNorm default, used by the code's cross-at
 DIRECTIONS = batches.FLARE_MODALITIES  # vmap index 0: RGB <- NI, 1: NI <- RGB
 
 
-
-
 def split_heads(x: jax.Array, heads: int, split: str) -> jax.Array:
   """`[B, n, H * Dh] -> [B, H, n, Dh]`: 'official' plain reshape, 'standard' reshape + transpose."""
   b, n, inner = x.shape
