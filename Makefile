@@ -11,8 +11,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= runs/demo
 DATA_DIR ?= data/synthetic
-# Two workers, one test file each at a time (files share compiled models through module fixtures),
-# files handed out in the order tests/conftest.py sorts them (longest first).
+# Two workers, one test file each at a time (files share compiled models through module fixtures;
+# files that compile the same programs go to one worker as one unit: tests/conftest.py
+# SHARED_PROGRAM_GROUPS), handed out in the order tests/conftest.py sorts them (longest first).
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 

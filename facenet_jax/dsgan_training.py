@@ -91,8 +91,19 @@ def optimizers(settings: GanSettings) -> tuple[optax.GradientTransformation, ...
 
 def init_state(settings: GanSettings, rng: jax.Array) -> GanState:
   """The step-0 state, compiled as one program (op by op, each initializer and layer of the dummy
-  forward passes would compile on its own: ~1 min on a CPU for the smallest generators)."""
-  return jax.jit(functools.partial(_init_state, settings))(rng)
+  forward passes would compile on its own: ~1 min on a CPU for the smallest generators).
+
+  Committed to the first device, as a checkpoint restores it: a state placed otherwise would
+  give the GAN step another argument mapping, so a resumed run would compile the step again
+  (tens of seconds on a CPU for the smallest networks, minutes for the official ones).
+  """
+  state = _jitted_init_state(settings)(rng)
+  return jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+
+
+@functools.lru_cache(maxsize=4)
+def _jitted_init_state(settings: GanSettings):
+  return jax.jit(functools.partial(_init_state, settings))
 
 
 def _init_state(settings: GanSettings, rng: jax.Array) -> GanState:

@@ -16,10 +16,14 @@ import re
 NUM_SIMULATED_DEVICES = int(os.environ.get('FACENET_TEST_DEVICES', '1'))
 
 os.environ['JAX_PLATFORMS'] = 'cpu'
+# The device count is a JAX setting, not the XLA flag `--xla_force_host_platform_device_count`:
+# XLA_FLAGS is part of every persistent-cache key, so with the flag a one-device program compiled
+# in a process that simulates four devices (the sharding child) or in this one (which would set
+# the flag to 1) could never be shared with the same program compiled by a script the tests start.
+os.environ['JAX_NUM_CPU_DEVICES'] = str(NUM_SIMULATED_DEVICES)
 os.environ['XLA_FLAGS'] = ' '.join(
-    [f for f in os.environ.get('XLA_FLAGS', '').split()
-     if 'xla_force_host_platform_device_count' not in f] +
-    [f'--xla_force_host_platform_device_count={NUM_SIMULATED_DEVICES}'])
+    f for f in os.environ.get('XLA_FLAGS', '').split()
+    if 'xla_force_host_platform_device_count' not in f)
 # Identical programs compiled by different tests (and by the scripts the tests start as
 # subprocesses, which inherit this environment) are compiled once per run.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
@@ -72,6 +76,40 @@ def pytest_collection_modifyitems(session, config, items):
   for item in items:
     slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker('slow') is not None)
   items.sort(key=lambda item: -slow[item.path])   # stable: the order inside each file is kept
+
+
+# Files whose tests compile the same programs (the same model at the same shapes and settings)
+# form one unit of work: one xdist worker runs them one after the other, so the later ones load
+# the first one's programs from the persistent cache. Scheduled apart, the two workers would
+# compile the same programs at the same time, each missing the cache the other is about to fill.
+SHARED_PROGRAM_GROUPS = {
+    # The tiny FACENet short SGD run (tests/tiny.py SHORT_SGD_RUN): its train, evaluation and
+    # initialisation programs, in this process, in the scripts they start and in the sharding
+    # child's one-device step.
+    'facenet_short_sgd_run': ('test_train_driver.py', 'test_multihost.py', 'test_train_step.py',
+                              'test_inference.py', 'test_sharding.py', 'test_workdir.py'),
+    # Every registered model's tiny initialisation (tests/tiny.py initial_variables).
+    'tiny_models': ('test_models.py', 'test_initializers.py'),
+    # The tiny GAN's initialisation and step, and the stage-1 generators TSME loads.
+    'dsgan': ('test_dsgan_training.py', 'test_tsme.py'),
+}
+_GROUP_OF_FILE = {name: group for group, names in SHARED_PROGRAM_GROUPS.items() for name in names}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """`--dist loadfile`, with the files of a SHARED_PROGRAM_GROUPS group as one unit."""
+  if config.getvalue('dist') != 'loadfile':
+    return None
+  from xdist.scheduler import LoadFileScheduling  # pylint: disable=g-import-not-at-top
+
+  class SharedProgramScheduling(LoadFileScheduling):
+
+    def _split_scope(self, nodeid: str) -> str:
+      path = nodeid.split('::', 1)[0]
+      return _GROUP_OF_FILE.get(path.rsplit('/', 1)[-1], path)
+
+  return SharedProgramScheduling(config, log)
 
 
 _CHILD_OUTCOMES: dict[str, tuple[dict[str, str], str]] = {}

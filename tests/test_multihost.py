@@ -1,9 +1,11 @@
-"""Multi-process training on loopback: two processes x two CPU devices behave as one x four.
+"""Multi-process training on loopback: two processes x two CPU devices behave as one process.
 
 Two `scripts/train.py` processes join through `jax.distributed` on 127.0.0.1 (gloo collectives
 on CPU), each reading half of every P x K batch (whole identities) and half of every eval batch.
-The single-process reference is a third process with four simulated devices, on the same
-batches; this pytest process (one device) evaluates the pair's checkpoint. Every wait has a deadline: a process that dies fails the test with its log
+The single-process reference is the same run on one device in this pytest process, on the same
+batches (that one device and four compute the same step: tests/test_sharding.py); it is the
+trainer tests' short SGD run, so its programs come from the persistent cache. This process also
+evaluates the pair's checkpoint. Every wait has a deadline: a process that dies fails the test with its log
 instead of leaving its peer hanging.
 """
 
@@ -21,6 +23,7 @@ import pytest
 from facenet_jax import checkpointing
 from facenet_jax import distributed
 from facenet_jax import experiment
+from facenet_jax import train
 from facenet_jax.eval import evaluator
 from facenet_jax.eval import protocols
 from facenet_jax.train_state import to_variables
@@ -82,22 +85,17 @@ def _metric_lines(workdir: pathlib.Path) -> list[dict]:
 
 @pytest.fixture(scope='module')
 def pair_and_single(tiny_synthetic_root, tmp_path_factory):
-  """The tiny run as 1 process x 4 devices, then as 2 x 2 (subprocesses)."""
+  """The tiny run in this process (one device), then as 2 processes x 2 devices."""
   root = tmp_path_factory.mktemp('multihost')
-  # The single process first: the programs it compiles that the pair shares (the evaluation's,
-  # the input preparation's) are then in the persistent cache for both peers, which would
-  # otherwise compile each of them at the same time.
-  log = root / 'single.log'
-  code, = _wait_all([_train_script(tiny_flags(tiny_synthetic_root, root / 'single', **RUN), 4,
-                                   log)], [log], DEADLINE_S)
-  assert code == 0, log.read_text()[-3000:]
+  config = tiny_config(tiny_synthetic_root, **RUN)
+  train.train_and_evaluate(config, str(root / 'single'))
   port = _free_port()
   logs = [root / f'rank{r}.log' for r in range(2)]
   processes = [_launch(tiny_synthetic_root, root / 'pair', r, 2, port, logs[r]) for r in range(2)]
   codes = _wait_all(processes, logs, DEADLINE_S)
   assert codes == [0, 0], '\n'.join(f'rank {r} exit {c}:\n{logs[r].read_text()[-3000:]}'
                                     for r, c in enumerate(codes))
-  return tiny_config(tiny_synthetic_root, **RUN), root
+  return config, root
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from facenet_jax import steps
 from facenet_jax.models import mfmp
 from input_pipeline import pipeline
 from tests import test_mfmp
+from tests.tiny import SHORT_SGD_RUN
 from tests.tiny import tiny_agw_config
 from tests.tiny import tiny_config
 
@@ -43,32 +44,33 @@ def _step_on_mesh(exp, config, host_state, batch, num_devices):
   return jax.device_get(new_state), steps.flatten_metrics(jax.device_get(metrics))
 
 
-def _assert_same_step(results, keys, base_lr=None):
+def _assert_same_step(results, keys, initial_params=None):
   (state_1, metrics_1), (state_4, metrics_4) = results[1], results[4]
   for key in keys:
     np.testing.assert_allclose(metrics_4[key], metrics_1[key], rtol=1e-4, atol=1e-6,
                                err_msg=f'{key} on 4 devices')
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
                state_4.batch_stats, state_1.batch_stats)
-  if base_lr is not None:
-    # Adam's first step is ~lr * sign(g): where g is ~0, float noise in the reduction order can
-    # flip the sign, so a handful of elements may differ by up to 2 lr; all others agree closely.
-    new_1 = np.concatenate([x.ravel() for x in jax.tree.leaves(state_1.params)])
-    new_4 = np.concatenate([x.ravel() for x in jax.tree.leaves(state_4.params)])
-    close = np.isclose(new_4, new_1, rtol=2e-4, atol=2e-6)
-    assert close.mean() > 0.999, f'{(~close).sum()} of {close.size} parameters differ'
-    assert np.abs(new_4 - new_1).max() <= 2.1 * base_lr
+  if initial_params is not None:
+    # The SGD update (lr x the all-reduced gradient) as a whole: its elements near zero carry
+    # the reduction order's float noise, so the tree is compared by its norm, not elementwise.
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])  # noqa: E731
+    update_1 = flat(state_1.params) - flat(initial_params)
+    update_4 = flat(state_4.params) - flat(initial_params)
+    assert np.linalg.norm(update_1) > 0
+    assert np.linalg.norm(update_4 - update_1) <= 1e-4 * np.linalg.norm(update_1)
 
 
 def test_facenet_loss_and_update_do_not_depend_on_the_number_of_devices(tiny_synthetic_root):
-  config = tiny_config(tiny_synthetic_root)
+  # The trainer tests' short SGD run: its one-device step is theirs (the persistent cache).
+  config = tiny_config(tiny_synthetic_root, **SHORT_SGD_RUN)
   exp = experiment.build_experiment(config)
   host_state = _host_state(exp)
   batch = next(iter(pipeline.make_train_stream(exp.train_records, config.data)))
   batch = {k: batch[k] for k in exp.spec.batch.train_keys}
   results = {n: _step_on_mesh(exp, config, host_state, batch, n) for n in (1, 4)}
   _assert_same_step(results, ('loss', 'triplet', 'id', 'flare', 'ic', 'grad_norm'),
-                    config.optim.base_lr)
+                    host_state.params)
 
 
 def test_agw_step_does_not_depend_on_the_number_of_devices(tiny_sysu_root):
@@ -79,7 +81,7 @@ def test_agw_step_does_not_depend_on_the_number_of_devices(tiny_sysu_root):
   batch = pipeline.make_train_batch_fn(exp.train_records, config.data)(0)
   batch = {k: batch[k] for k in exp.spec.batch.train_keys}
   results = {n: _step_on_mesh(exp, config, host_state, batch, n) for n in (1, 4)}
-  _assert_same_step(results, ('loss', 'id', 'triplet', 'grad_norm'))
+  _assert_same_step(results, ('loss', 'id', 'triplet', 'grad_norm'), host_state.params)
 
 
 def test_batch_norm_statistics_span_the_whole_sharded_batch():

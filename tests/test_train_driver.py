@@ -54,7 +54,8 @@ def test_the_driver_stops_with_a_clear_message_on_a_non_finite_loss(tiny_synthet
 
 def _train_script(root: str, workdir: pathlib.Path, max_steps: int) -> subprocess.Popen:
   return subprocess.Popen(
-      [sys.executable, 'scripts/train.py', *tiny_flags(root, workdir, train__max_steps=max_steps)],
+      [sys.executable, 'scripts/train.py',
+       *tiny_flags(root, workdir, **{**SHORT_SGD_RUN, 'train__max_steps': max_steps})],
       cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
 
@@ -70,7 +71,8 @@ def _finish(process: subprocess.Popen) -> tuple[str, str]:
 
 @pytest.fixture(scope='module')
 def runs(tiny_synthetic_root, tmp_path_factory):
-  """`scripts/train.py` run straight for 6 steps, and the same run SIGKILLed and restarted."""
+  """`scripts/train.py` run straight for 6 steps, and the same run SIGKILLed and restarted (the
+  short SGD run: the programs the other tests of this file and of tests/test_multihost.py use)."""
   root = tmp_path_factory.mktemp('runs')
   console_output = _finish(_train_script(tiny_synthetic_root, root / 'straight', 6))
   (root / 'straight_stdout.txt').write_text(console_output[0])
@@ -82,9 +84,9 @@ def runs(tiny_synthetic_root, tmp_path_factory):
     time.sleep(0.05)
   killed.send_signal(signal.SIGKILL)   # whatever it is doing: stepping, saving, logging
   killed.communicate(timeout=60)
-  _finish(_train_script(tiny_synthetic_root, root / 'killed', 6))
-  config = tiny_config(tiny_synthetic_root)
-  config.train.max_steps = 6
+  # The restart in this process: what it resumes from is the killed script's workdir on disk.
+  config = tiny_config(tiny_synthetic_root, **{**SHORT_SGD_RUN, 'train__max_steps': 6})
+  train.train_and_evaluate(config, str(root / 'killed'))
   return config, root
 
 

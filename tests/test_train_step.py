@@ -11,13 +11,14 @@ from facenet_jax import experiment
 from facenet_jax import sharding
 from facenet_jax import steps
 from input_pipeline import pipeline
+from tests.tiny import SHORT_SGD_RUN
 from tests.tiny import tiny_config
 
 
 @pytest.fixture(scope='module')
 def setup(tiny_synthetic_root):
   """One experiment, its host-side initial state and a few host batches, shared by the tests."""
-  config = tiny_config(tiny_synthetic_root)
+  config = tiny_config(tiny_synthetic_root, **SHORT_SGD_RUN)   # the trainer tests' programs
   exp = experiment.build_experiment(config)
   # The trainer's own initialisation (one compiled program; op by op, a few hundred). NumPy
   # copies: the jitted step donates its input state, which must not consume these.

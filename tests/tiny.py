@@ -114,11 +114,7 @@ def subprocess_env(num_devices: int = 1) -> dict[str, str]:
   """
   env = {k: v for k, v in os.environ.items()
          if k not in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS')}
-  flags = [f for f in env.get('XLA_FLAGS', '').split()
-           if 'xla_force_host_platform_device_count' not in f]
-  if num_devices > 1:
-    flags.append(f'--xla_force_host_platform_device_count={num_devices}')
-  env['XLA_FLAGS'] = ' '.join(flags)
+  env['JAX_NUM_CPU_DEVICES'] = str(num_devices)   # not an XLA flag: see tests/conftest.py
   return env
 
 
