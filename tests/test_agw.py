@@ -24,15 +24,19 @@ def _images(b=4, h=32, w=16, seed=0):
 
 
 def test_outputs_follow_the_contract_in_train_and_eval():
+  # Each call is one compiled program: op by op, the ResNet with its non-local blocks would
+  # compile a few hundred small ones (most of this test's time).
   model = _tiny_agw()
-  variables = registry.init_variables(model, (32, 16), jax.random.PRNGKey(0))
+  variables = jax.jit(lambda rng: registry.init_variables(model, (32, 16), rng))(
+      jax.random.PRNGKey(0))
   modality = jnp.array([0, 1, 1, 0])
-  out, _ = model.apply(variables, _images(), modality, train=True, mutable=['batch_stats'])
+  train_apply = jax.jit(lambda v, x, m: model.apply(v, x, m, train=True, mutable=['batch_stats']))
+  out, _ = train_apply(variables, _images(), modality)
   channels = resnet.stage_channels(18, 0.125)[-1]
   assert out['features']['pool'].shape == (4, channels)
   assert out['logits']['pool'].shape == (4, 5)
   assert out['embedding'].shape == (4, channels)
-  out = model.apply(variables, _images(), modality, train=False)
+  out = jax.jit(lambda v, x, m: model.apply(v, x, m, train=False))(variables, _images(), modality)
   np.testing.assert_allclose(out['embedding'], out['bn_features']['pool'])   # neck_feat 'after'
   assert set(variables['params']['backbone']) == {'stem_0', 'stem_1', 'layer1', 'layer2',
                                                   'layer3', 'layer4'}

@@ -1,6 +1,7 @@
 """The jitted train step: one compilation, a non-finite step, bf16 (device-count invariance:
 tests/test_sharding.py)."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,15 +67,22 @@ def test_step_compiles_once_and_the_loss_goes_down(setup, jitted):
 @pytest.mark.slow
 def test_a_non_finite_step_is_reported_and_leaves_the_state_unchanged(setup, jitted):
   config, exp, host_state, batches = setup
-  batch = dict(batches[0])
-  batch['rgb'] = np.array(batch['rgb'], np.float32)   # uint8 cannot hold a NaN; float passes as is
-  batch['rgb'][0, 0, 0, 0] = np.nan
-  state = sharding.replicate(host_state, exp.mesh)
-  new_state, metrics = jitted(state, sharding.shard_batch(batch, exp.mesh))
+  # One NaN weight of a stream's stem (the batch stays uint8, so the step compiled above
+  # runs; a float batch holding a NaN pixel would compile another one).
+  params = flax.traverse_util.flatten_dict(host_state.params, sep='/')
+  stem = next(k for k in sorted(params) if 'stem' in k and k.endswith('kernel'))
+  params[stem] = np.array(params[stem])
+  params[stem].flat[0] = np.nan
+  poisoned = host_state.replace(params=flax.traverse_util.unflatten_dict(params, sep='/'))
+  state = sharding.replicate(poisoned, exp.mesh)
+  new_state, metrics = jitted(state, sharding.shard_batch(batches[0], exp.mesh))
   assert float(metrics['finite']) == 0.0
   assert int(new_state.step) == 1
+  # Unchanged, NaN included (assert_array_equal counts NaN == NaN).
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(new_state.params),
-               jax.device_get(host_state.params))
+               jax.device_get(poisoned.params))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(new_state.opt_state),
+               jax.device_get(poisoned.opt_state))
 
 
 @pytest.mark.slow
