@@ -106,7 +106,7 @@ def pytest_xdist_make_scheduler(config, log):
   class SharedProgramScheduling(LoadFileScheduling):
 
     def _split_scope(self, nodeid: str) -> str:
-      path = nodeid.split('::', 1)[0]
+      path = super()._split_scope(nodeid)    # the test's file
       return _GROUP_OF_FILE.get(path.rsplit('/', 1)[-1], path)
 
   return SharedProgramScheduling(config, log)

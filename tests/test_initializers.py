@@ -154,8 +154,9 @@ def _drawn_parameters(name: str, fields: dict) -> dict[str, np.ndarray]:
   return {path: np.stack([np.asarray(f[path], np.float64) for f in flat]) for path in flat[0]}
 
 
-# Slow: each family's initialisation is a compiled program of ~15-25 s (in `make test` they come
-# from the persistent cache, compiled by the model contract test, except DNDM's code variant).
+# Slow: each family's initialisation is a compiled program of ~15-25 s (in `make test` the model
+# contract test, run before in the same worker (tests/conftest.py SHARED_PROGRAM_GROUPS), has
+# compiled them all but DNDM's code variant).
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(FAMILIES))
 def test_each_added_layer_starts_as_the_official_code_initialises_it(name):

@@ -99,7 +99,7 @@ def pair_and_single(tiny_synthetic_root, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_losses_of_one_process_with_the_same_devices(pair_and_single):
+def test_two_processes_give_the_losses_of_one_process(pair_and_single):
   _, root = pair_and_single
   pair = {l['step']: l for l in _metric_lines(root / 'pair') if 'train/loss' in l}
   single = {l['step']: l for l in _metric_lines(root / 'single') if 'train/loss' in l}

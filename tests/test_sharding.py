@@ -44,21 +44,20 @@ def _step_on_mesh(exp, config, host_state, batch, num_devices):
   return jax.device_get(new_state), steps.flatten_metrics(jax.device_get(metrics))
 
 
-def _assert_same_step(results, keys, initial_params=None):
+def _assert_same_step(results, keys, initial_params):
   (state_1, metrics_1), (state_4, metrics_4) = results[1], results[4]
   for key in keys:
     np.testing.assert_allclose(metrics_4[key], metrics_1[key], rtol=1e-4, atol=1e-6,
                                err_msg=f'{key} on 4 devices')
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
                state_4.batch_stats, state_1.batch_stats)
-  if initial_params is not None:
-    # The SGD update (lr x the all-reduced gradient) as a whole: its elements near zero carry
-    # the reduction order's float noise, so the tree is compared by its norm, not elementwise.
-    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])  # noqa: E731
-    update_1 = flat(state_1.params) - flat(initial_params)
-    update_4 = flat(state_4.params) - flat(initial_params)
-    assert np.linalg.norm(update_1) > 0
-    assert np.linalg.norm(update_4 - update_1) <= 1e-4 * np.linalg.norm(update_1)
+  # The SGD update (lr x the all-reduced gradient) as a whole: its elements near zero carry
+  # the reduction order's float noise, so the tree is compared by its norm, not elementwise.
+  flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])  # noqa: E731
+  update_1 = flat(state_1.params) - flat(initial_params)
+  update_4 = flat(state_4.params) - flat(initial_params)
+  assert np.linalg.norm(update_1) > 0
+  assert np.linalg.norm(update_4 - update_1) <= 1e-4 * np.linalg.norm(update_1)
 
 
 def test_facenet_loss_and_update_do_not_depend_on_the_number_of_devices(tiny_synthetic_root):

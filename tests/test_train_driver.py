@@ -71,8 +71,9 @@ def _finish(process: subprocess.Popen) -> tuple[str, str]:
 
 @pytest.fixture(scope='module')
 def runs(tiny_synthetic_root, tmp_path_factory):
-  """`scripts/train.py` run straight for 6 steps, and the same run SIGKILLed and restarted (the
-  short SGD run: the programs the other tests of this file and of tests/test_multihost.py use)."""
+  """`scripts/train.py` run straight for 6 steps, and the same run SIGKILLed and restarted in
+  this process (the short SGD run: the programs the other tests of this file and of
+  tests/test_multihost.py use)."""
   root = tmp_path_factory.mktemp('runs')
   console_output = _finish(_train_script(tiny_synthetic_root, root / 'straight', 6))
   (root / 'straight_stdout.txt').write_text(console_output[0])
